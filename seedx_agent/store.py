@@ -94,6 +94,22 @@ class TurnRequest(_Record):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class ModelContext(_Record):
+    """What the LLM read and wrote in a turn, so a resumed session rebuilds its KV cache exactly.
+
+    ``in_context`` is False for turns that ran outside the conversation's cache (SEED-X-Edit turns
+    run as their own single-turn prompt).
+    """
+
+    variant: str
+    instruction: str
+    image_ids: tuple[ImageId, ...] = ()
+    grids: tuple[str, ...] = ()
+    image_first: bool = True
+    reply_ids: tuple[int, ...] = ()
+    in_context: bool = True
+
+
 class TurnRecord(_Record):
     """One finished (or abandoned) turn: the request and everything the model and skills made.
 
@@ -113,6 +129,7 @@ class TurnRecord(_Record):
     reply_tokens: int = Field(default=0, ge=0)
     created_at: datetime = Field(default_factory=_now)
     status: Literal["done", "cancelled", "failed"] = "done"
+    context: ModelContext | None = None
 
     def image_ids(self) -> list[str]:
         """Every stored picture this turn mentions, in order of first mention.

@@ -174,6 +174,13 @@ class ErrorEvent(_Value):
     message: str
 
 
+class Notice(_Value):
+    """Something the user should know that is not an error (e.g. old turns left the context)."""
+
+    type: Literal["notice"] = "notice"
+    message: str
+
+
 class TurnDone(_Value):
     type: Literal["turn_done"] = "turn_done"
     turn_index: int
@@ -183,5 +190,5 @@ class TurnDone(_Value):
 
 
 Event = Annotated[Union[TextDelta, BoxFound, ImageStarted, DenoiseStep, ImageDone, ActionEvent,
-                        ErrorEvent, TurnDone], Field(discriminator="type")]
+                        ErrorEvent, Notice, TurnDone], Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

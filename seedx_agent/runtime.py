@@ -1,0 +1,300 @@
+"""The runtime: one SEED-X stack on its devices, shared by many sessions.
+
+It owns what is expensive and shareable: the tokenizer, the ViT (with a feature cache keyed by
+image content), one agent (LLM + resamplers) per resident variant, and the de-tokenizer stages,
+which load lazily on the first image that needs them. Sessions own what is per-conversation:
+history and KV caches.
+
+Model access is serialized per device with a first-come-first-served lock, so sessions on
+several threads queue instead of interleaving kernels (and instead of racing on a KV cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .placement import Placement
+from .variants import ResidencyPolicy, Variant, VariantRegistry
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from core_models.stack import SeedXStack
+
+    from .session import Session
+    from .skills import SkillHost
+    from .store import SessionStore
+
+logger = logging.getLogger(__name__)
+
+TINY_PRESET = "tiny"
+UNTRAINED_NOTICE = ("the 'tiny' preset is an UNTRAINED random-weight SEED-X stack: its text and "
+                    "images are noise; it exists to exercise the real code paths offline")
+
+
+class FifoLock:
+    """A lock granted in arrival order (``threading.Lock`` makes no fairness promise)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> "FifoLock":
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """ViT features of one image's any-res views, ready to splice into a prompt."""
+
+    features: "torch.Tensor"        # (V, L, vit_dim)
+    patch_positions: "torch.Tensor"  # (V, 2)
+    grid: tuple[int, int]
+    num_views: int
+
+
+class Runtime:
+    """Hosts a SEED-X stack. Build it with ``Runtime.from_pretrained``."""
+
+    def __init__(self, stack: "SeedXStack", *, name: str, placement: Placement,
+                 variants: VariantRegistry | None = None, residency: ResidencyPolicy | None = None,
+                 agent_loader: Callable[[Variant], Any] | None = None, untrained: bool = False,
+                 vit_cache_size: int = 256, skill_host: "SkillHost | None" = None):
+        self.stack = stack
+        self.name = name
+        self.placement = placement
+        self.variants = variants or VariantRegistry()
+        self.residency = residency or ResidencyPolicy()
+        self.untrained = untrained
+        self._agent_loader = agent_loader
+        self._agents: OrderedDict[str, Any] = OrderedDict({stack.variant: stack.agent})
+        self._vit_cache: OrderedDict[tuple, EncodedImage] = OrderedDict()
+        self._vit_cache_size = vit_cache_size
+        self._locks: dict[str, FifoLock] = {}
+        self._locks_guard = threading.Lock()
+        self._skill_host = skill_host
+        self.weights_fingerprint = _fingerprint(stack)
+
+    # --- construction -----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path_or_preset: str | Path = TINY_PRESET, *, dtype: Any = None,
+                        placement: Placement | str | None = None, variant: str = "seed_x_i",
+                        variants: VariantRegistry | None = None,
+                        residency: ResidencyPolicy | None = None, progress: bool | None = None,
+                        load_plugins: bool = True) -> "Runtime":
+        """Load the release layout at ``path_or_preset``, or build the ``"tiny"`` preset.
+
+        ``placement`` is a `Placement` (or its string form: "cpu", "cuda:0", "split:cuda:0,cuda:1",
+        "offload"); ``dtype`` overrides the placement's dtype. Variants registered by plugins
+        (``register_variants``) are added to ``variants``.
+        """
+        import torch
+
+        from core_models.config import SeedXConfig
+        from core_models.stack import SeedXStack
+
+        placement = Placement.parse(placement if placement is not None else "cpu")
+        torch_dtype = _resolve_dtype(dtype) if dtype is not None else placement.torch_dtype()
+        variants = variants or VariantRegistry()
+        if load_plugins:
+            from .plugins import pm
+            pm.hook.register_variants(register=variants.register)
+        if str(path_or_preset) == TINY_PRESET:
+            logger.warning(UNTRAINED_NOTICE)
+            stack = SeedXStack.from_config(SeedXConfig.tiny(), seed=0, dtype=torch_dtype,
+                                           device=placement.device_for("llm"), variant=variant)
+            # Every built-in variant is the same untrained network in this preset.
+            return cls(stack, name=TINY_PRESET, placement=placement, variants=variants,
+                       residency=residency, agent_loader=lambda v: stack.agent, untrained=True)
+        root = Path(path_or_preset)
+        if not root.exists():
+            raise FileNotFoundError(f"no model folder at {root} (and it is not a preset: "
+                                    f"known presets: {TINY_PRESET!r})")
+        device_map = _device_map(placement)
+        stack = SeedXStack.from_pretrained(root, variant=variant, dtype=torch_dtype,
+                                           device_map=device_map, progress=progress,
+                                           offload_folder=placement.offload_folder)
+
+        def load_agent(v: Variant) -> Any:
+            from core_models.checkpoint import SeedXPaths
+            from core_models.stack import load_agent as _load
+
+            if not isinstance(v.llm_path, str):
+                raise NotImplementedError("adapter variants on the released layout are loaded "
+                                          "by the plugin that registers them")
+            from core_models.checkpoint import VARIANTS
+
+            if v.name in VARIANTS and v.llm is None and v.agent is None:
+                paths = SeedXPaths.resolve(root, v.name)
+            else:  # a plugin's dense variant: its own folders under the same root
+                paths = SeedXPaths.resolve(root, stack.variant, llm=root / v.llm_path,
+                                           agent=root / v.agent_path)
+            cfg = stack.config
+            return _load(paths.llm, paths.agent, llm=cfg.llm, input_resampler=cfg.input_resampler,
+                         output_resampler=cfg.output_resampler, agent=cfg.agent, dtype=torch_dtype,
+                         device_map=device_map if not isinstance(device_map, dict) else device_map.get("agent"),
+                         progress=progress)
+
+        return cls(stack, name=str(root), placement=placement, variants=variants,
+                   residency=residency, agent_loader=load_agent)
+
+    # --- sessions -----------------------------------------------------------------------------
+    def open_session(self, *, store: "SessionStore | None" = None, session_id: str | None = None,
+                     variant: str | None = None, default_skill: str | None = None,
+                     title: str = "", **options: Any) -> "Session":
+        """A new session, or (``session_id``) a stored one resumed from ``store``."""
+        from .session import Session
+
+        return Session(self, store=store, session_id=session_id, variant=variant or self.stack.variant,
+                       default_skill=default_skill, title=title, **options)
+
+    @property
+    def skill_host(self) -> "SkillHost":
+        if self._skill_host is None:
+            from .plugins import pm
+            from .skills import SkillHost
+            self._skill_host = SkillHost(pm)
+        return self._skill_host
+
+    # --- shared model access --------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self.stack.tokenizer
+
+    @property
+    def config(self):
+        return self.stack.config
+
+    def lock(self, component: str = "llm") -> FifoLock:
+        """The FIFO lock of the device ``component`` runs on; hold it while using the model."""
+        device = self.placement.device_for(component)
+        with self._locks_guard:
+            return self._locks.setdefault(device, FifoLock())
+
+    def agent(self, variant: str) -> Any:
+        """The agent (LLM + resamplers) of ``variant``, loading it and evicting per the policy."""
+        spec = self.variants.get(variant)
+        if spec.name in self._agents:
+            self._agents.move_to_end(spec.name)
+            return self._agents[spec.name]
+        if self._agent_loader is None:
+            raise RuntimeError(f"variant {variant!r} is not loaded and this runtime cannot load more")
+        for name in self.residency.evictions(list(self._agents), spec.name):
+            logger.info("unloading variant %s (residency policy: %s)", name, self.residency)
+            del self._agents[name]
+        self._agents[spec.name] = self._agent_loader(spec)
+        return self._agents[spec.name]
+
+    @property
+    def resident_variants(self) -> list[str]:
+        return list(self._agents)
+
+    def encode_image(self, image: "Image.Image", image_id: str, grids: tuple[str, ...]) -> EncodedImage:
+        """Any-res views of ``image`` through the ViT, cached by content, grids, size and encoder."""
+        import torch
+
+        from core_models.any_res import process_anyres_image
+
+        vit = self.stack.vit
+        param = next(vit.parameters())
+        key = (image_id, tuple(grids), self.config.base_resolution, id(vit), str(param.dtype))
+        cached = self._vit_cache.get(key)
+        if cached is not None:
+            self._vit_cache.move_to_end(key)
+            return cached
+        views = process_anyres_image(image, list(grids), self.config.base_resolution)
+        with torch.no_grad():
+            features = vit(views.pixel_values.to(device=param.device, dtype=param.dtype))
+        encoded = EncodedImage(features=features, patch_positions=views.patch_positions,
+                               grid=tuple(views.grid), num_views=views.num_views)
+        self._vit_cache[key] = encoded
+        while len(self._vit_cache) > self._vit_cache_size:
+            self._vit_cache.popitem(last=False)
+        return encoded
+
+    @property
+    def default_num_inference_steps(self) -> int:
+        """50 as in the official scripts; 4 for the untrained preset, whose images are noise."""
+        return 4 if self.untrained else 50
+
+    def render(self, features: "torch.Tensor", *, stage: int, seed: int, num_inference_steps: int,
+               guidance_scale: float, image_guidance_scale: float | None = None,
+               source: "Image.Image | None" = None,
+               on_step: Callable[[int, int], None] | None = None, interrupt: Any = None) -> "Image.Image":
+        """Features ``(Q, vit_dim)`` -> one PIL image with de-tokenizer ``stage`` (1 or 2).
+
+        Stage 2 conditions on ``source`` (SEED-X-Edit). The stage loads on first use. Raises
+        ``core_models.detokenizer.DenoisingInterrupted`` when ``interrupt`` fires.
+        """
+        with self.lock("detokenizer"):
+            adapter = self.stack.detokenizer(stage)
+            size = self.config.image_size
+            param = next(adapter.parameters())
+
+            def callback(pipe, step_index, timestep, callback_kwargs):
+                if on_step is not None:
+                    on_step(step_index + 1, num_inference_steps)
+                return callback_kwargs
+
+            kwargs: dict[str, Any] = dict(seed=seed, height=size, width=size,
+                                          num_inference_steps=num_inference_steps,
+                                          guidance_scale=guidance_scale,
+                                          callback_on_step_end=callback, interrupt=interrupt)
+            if stage == 2:
+                kwargs.update(latent_image=source, image_guidance_scale=image_guidance_scale)
+            images = adapter.generate(image_embeds=features.unsqueeze(0).to(param.device, param.dtype),
+                                      **kwargs)
+            return images[0]
+
+    @property
+    def vit_cache_size(self) -> int:
+        return len(self._vit_cache)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.name, "untrained": self.untrained,
+                "placement": self.placement.describe(), "variants": self.variants.names(),
+                "resident": self.resident_variants, "weights_fingerprint": self.weights_fingerprint}
+
+
+def _resolve_dtype(dtype: Any):
+    import torch
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _device_map(placement: Placement) -> Any:
+    if placement.kind in ("cpu", "gpu"):
+        return placement.primary_device
+    return "auto"
+
+
+def _fingerprint(stack: "SeedXStack") -> str:
+    """A cheap identity of the weights: config + a few sampled parameter values, not a full hash
+    (hashing 36 GB on every start would be absurd). Enough to tell models apart in provenance."""
+    import torch
+
+    h = hashlib.sha256(repr(sorted(stack.config.to_dict().items())).encode())
+    with torch.no_grad():
+        for module in (stack.vit, stack.agent):
+            for name, p in list(module.named_parameters())[:: max(1, len(list(module.parameters())) // 8)]:
+                if p.device.type == "meta":
+                    continue
+                h.update(name.encode())
+                h.update(p.detach().flatten()[:16].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

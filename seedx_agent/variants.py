@@ -1,0 +1,136 @@
+"""Model variants as data: which weights, grids, prompt template and de-tokenizer stage go together.
+
+SEED-X was released as three fine-tunes of one architecture that are *not* interchangeable:
+SEED-X (pretrained) has its own prompt formats and no chat, SEED-X-I is the multi-turn
+instruction model (stage-1 de-tokenizer), SEED-X-Edit is single-turn, one 1x1-grid image, and
+renders with the stage-2 de-tokenizer. A variant record says all of that in one place so the
+runtime never special-cases a name. Plugins add variants (for example LoRA adapters on a shared
+base) through the ``register_variants(register)`` hook.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ALL_GRIDS = ("1x1", "1x2", "1x3", "2x1", "3x1", "1x4", "4x1", "2x2")
+SINGLE_GRID = ("1x1",)
+
+
+class PromptTemplate(BaseModel):
+    """How a turn is written (seedx.md §6). ``{instruction}`` is the image blocks + the user text.
+
+    ``first_turn`` opens a conversation, ``next_turn`` continues one (SEED-X-I training data puts
+    ``\\n`` before every later ``[INST]``); the answer follows each directly and only the final
+    answer ends with EOS. ``force_image_suffix`` is appended to the prompt to force an image
+    (the published answer for SEED-LLaMA, SEED-X issue #33).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    first_turn: str = "[INST] {instruction} [/INST]\n"
+    next_turn: str = "\n[INST] {instruction} [/INST]\n"
+    multi_turn: bool = True
+    image_first: bool = True
+    force_image_suffix: str = "<img>"
+
+    def render(self, instruction: str, first: bool) -> str:
+        return (self.first_turn if first else self.next_turn).format(instruction=instruction)
+
+
+class AdapterWeights(BaseModel):
+    """A LoRA adapter (peft folder) applied on the LLM of another variant."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    base: str
+    path: str
+
+
+class Variant(BaseModel):
+    """One entry of the registry. Paths are relative to the model root (release layout)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    llm: str | AdapterWeights | None = None  # dense folder; None = "<name>/llm"
+    agent: str | None = None  # None = "<name>/agent/pytorch_model.bin"
+    resolution_grids: tuple[str, ...] = ALL_GRIDS
+    template: PromptTemplate = PromptTemplate()
+    detokenizer_stage: Literal[1, 2] = 1
+    max_new_tokens: int = 512
+    single_image_edit: bool = False  # True: each turn is its own single-turn prompt on one image
+
+    @property
+    def llm_path(self) -> str | AdapterWeights:
+        return self.llm if self.llm is not None else f"{self.name}/llm"
+
+    @property
+    def agent_path(self) -> str:
+        return self.agent if self.agent is not None else f"{self.name}/agent/pytorch_model.bin"
+
+
+BUILTIN_VARIANTS = (
+    Variant(name="seed_x", description="SEED-X pretrained: comprehension, grounding, generation",
+            template=PromptTemplate(first_turn="Question: {instruction}\nAnswer:",
+                                    next_turn="\nQuestion: {instruction}\nAnswer:",
+                                    multi_turn=False),
+            max_new_tokens=512),
+    Variant(name="seed_x_i", description="SEED-X-I: multi-turn instruction model",
+            max_new_tokens=512),
+    Variant(name="seed_x_edit", description="SEED-X-Edit: single-turn, single-image editing",
+            resolution_grids=SINGLE_GRID, detokenizer_stage=2, single_image_edit=True,
+            template=PromptTemplate(multi_turn=False), max_new_tokens=512),
+)
+
+
+class VariantRegistry:
+    """Open registry of variants; the host validates and de-duplicates what plugins register."""
+
+    def __init__(self, variants: tuple[Variant, ...] | list[Variant] = BUILTIN_VARIANTS):
+        self._variants: dict[str, Variant] = {}
+        for variant in variants:
+            self.register(variant)
+
+    def register(self, variant: Variant | dict, *, replace: bool = False) -> Variant:
+        variant = variant if isinstance(variant, Variant) else Variant.model_validate(variant)
+        if variant.name in self._variants and not replace:
+            raise ValueError(f"variant {variant.name!r} is already registered")
+        self._variants[variant.name] = variant
+        return variant
+
+    def get(self, name: str) -> Variant:
+        try:
+            return self._variants[name]
+        except KeyError:
+            raise KeyError(f"unknown variant {name!r}; known: {sorted(self._variants)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._variants
+
+    def __iter__(self):
+        return iter(self._variants.values())
+
+    def names(self) -> list[str]:
+        return list(self._variants)
+
+
+class ResidencyPolicy(BaseModel):
+    """Which variants' LLMs stay loaded. Least recently used ones beyond ``max_resident`` are
+    unloaded, except ``pinned`` ones. A 13B LLM is 26 GB in bf16, so the default keeps one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_resident: int = Field(default=1, ge=1)
+    pinned: tuple[str, ...] = ()
+
+    def evictions(self, resident_lru: list[str], incoming: str) -> list[str]:
+        """Variants to unload (oldest first) so that ``incoming`` fits."""
+        keep = [v for v in resident_lru if v != incoming]
+        excess = len(keep) + 1 - self.max_resident
+        out = []
+        for name in keep:
+            if excess <= 0:
+                break
+            if name not in self.pinned:
+                out.append(name)
+                excess -= 1
+        return out

@@ -202,6 +202,13 @@ class Runtime:
         self._agents[spec.name] = self._agent_loader(spec)
         return self._agents[spec.name]
 
+    def new_generation(self, agent: Any):
+        """A fresh decoding state (KV cache) on ``agent``; `seedx_agent.testing` swaps this out
+        to replay recorded token streams instead of running the LLM."""
+        from core_models.generation import GenerationSession
+
+        return GenerationSession(agent, self.tokenizer)
+
     @property
     def resident_variants(self) -> list[str]:
         return list(self._agents)

@@ -334,8 +334,6 @@ class Session:
 
     def _edit_reply(self, variant, instruction: str, images: list[ImagePart], max_new: int,
                     o: dict[str, Any], state: dict[str, Any]) -> Iterator[Event]:
-        from core_models.generation import GenerationSession
-
         rt = self.runtime
         tok = rt.tokenizer
         source = images[0]
@@ -346,7 +344,7 @@ class Session:
             ids = [tok.bos_token_id] + tok.encode(
                 variant.template.render(self._instruction(variant, instruction, encoded), True))
             state["prompt_tokens"] = len(ids)
-            kv = GenerationSession(agent, tok)
+            kv = rt.new_generation(agent)
             yield from self._generate(agent, kv, ids, encoded, max_new, o, state)
         yield from self._render_images(variant, stage=2, source=source, o=o, state=state)
 
@@ -467,15 +465,13 @@ class Session:
 
     def _kv_session(self, variant, agent, *, fresh: bool):
         """The KV cache of ``variant``, holding exactly the turns in context (rebuilt if not)."""
-        from core_models.generation import GenerationSession
-
         if fresh:  # a single-turn variant: every turn is a new conversation
-            return GenerationSession(agent, self.runtime.tokenizer)
+            return self.runtime.new_generation(agent)
         wanted = self._context_turns()
         kv = self._kv.get(variant.name)
         if self.keep_cache and kv is not None and self._kv_turns.get(variant.name) == wanted:
             return kv
-        kv = GenerationSession(agent, self.runtime.tokenizer)
+        kv = self.runtime.new_generation(agent)
         self._replay(kv, agent, variant, wanted)
         self._kv[variant.name] = kv
         self._kv_turns[variant.name] = wanted

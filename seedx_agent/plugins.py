@@ -1,0 +1,72 @@
+"""The plugin manager, loaded from setuptools entry points of group ``seedx`` at import.
+
+Built-in skills are installed through the same entry point as third-party ones (see
+pyproject.toml), so the plugin API is exercised every day and ``SEEDX_LOAD_PLUGINS`` can switch
+them off too.
+
+* ``SEEDX_LOAD_PLUGINS=grounding,counter`` loads only those plugins (entry-point names, as
+  ``get_plugins()`` lists them); ``SEEDX_LOAD_PLUGINS=`` loads none. Useful to bisect a broken
+  install or to run with a known set.
+* ``SEEDX_TRACE_PLUGINS=1`` prints every hook call, its arguments and its results to stderr.
+"""
+
+import os
+import sys
+from importlib import metadata
+from pprint import pformat
+
+import pluggy
+
+from seedx_agent import hookspecs
+
+pm = pluggy.PluginManager("seedx")
+pm.add_hookspecs(hookspecs)
+
+
+def load_plugins(names: str | None = None) -> None:
+    """Register the ``seedx`` entry points named in ``names`` (comma-separated; None = all)."""
+    if names is None:
+        pm.load_setuptools_entrypoints("seedx")
+        return
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    available = {ep.name for ep in metadata.entry_points(group="seedx")}
+    for name in wanted:
+        if name not in available:
+            print(f"seedx: plugin {name!r} is not installed (SEEDX_LOAD_PLUGINS)", file=sys.stderr)
+        else:
+            pm.load_setuptools_entrypoints("seedx", name=name)
+
+
+def _trace_before(hook_name, hook_impls, kwargs):
+    plugins = ", ".join(impl.plugin_name for impl in hook_impls)
+    print(f"\n{hook_name}({pformat(kwargs)}) -> [{plugins}]", file=sys.stderr)
+
+
+def _trace_after(outcome, hook_name, hook_impls, kwargs):
+    if outcome.exception is not None:
+        print(f"{hook_name} raised {outcome.exception!r}", file=sys.stderr)
+        return
+    print(f"{hook_name} results: {pformat(outcome.get_result())}", file=sys.stderr)
+    # register-style hooks return nothing: what they did shows in their arguments' state
+    print(f"{hook_name} arguments after the call: {pformat(kwargs)}", file=sys.stderr)
+
+
+def get_plugins() -> list[dict]:
+    """Every registered plugin: ``name``, ``package`` and ``version`` (None if not installed
+    from a distribution), and the ``hooks`` it implements."""
+    dists = dict(pm.list_plugin_distinfo())
+    plugins = []
+    for plugin in pm.get_plugins():
+        dist = dists.get(plugin)
+        plugins.append({
+            "name": pm.get_name(plugin),
+            "package": dist.metadata["Name"] if dist else None,
+            "version": dist.version if dist else None,
+            "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
+        })
+    return sorted(plugins, key=lambda p: p["name"])
+
+
+if os.environ.get("SEEDX_TRACE_PLUGINS", "") not in ("", "0"):
+    pm.add_hookcall_monitoring(_trace_before, _trace_after)
+load_plugins(os.environ.get("SEEDX_LOAD_PLUGINS"))

@@ -412,7 +412,7 @@ def load_state_dict_file(path: PathLike, *, lazy: bool = True) -> Mapping[str, t
 
 def tensor_shape(state_dict: Mapping[str, torch.Tensor], key: str) -> Shape:
     """Shape of one entry without reading its data when the mapping allows it."""
-    if isinstance(state_dict, (SafetensorsFile, KeyMappedView, PeftLoraMergedView, CheckpointView)):
+    if isinstance(state_dict, (SafetensorsFile, PeftLoraMergedView, CheckpointView)):
         return state_dict.shape(key)
     return tuple(state_dict[key].shape)
 
@@ -547,30 +547,6 @@ def check_state_dict_keys(found: Mapping[str, Shape], expected: Mapping[str, Sha
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(label, missing, unexpected, mismatched)
     return plan
-
-
-class KeyMappedView(Mapping):
-    """A state dict seen under renamed keys (``key_map``), dropped keys removed. Lazy."""
-
-    def __init__(self, state_dict: Mapping[str, torch.Tensor], key_map: KeyMap):
-        self._sd = state_dict
-        self._names = {}
-        for raw in state_dict:
-            new = key_map(raw)
-            if new is not None:
-                self._names[new] = raw
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        return self._sd[self._names[key]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def shape(self, key: str) -> Shape:
-        return tensor_shape(self._sd, self._names[key])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -893,7 +869,11 @@ def load_into_model(model: nn.Module, shards: PathLike | Mapping | Iterable[tupl
     dmap = resolve_device_map(model, device_map, dtype)
     key_filter = None if key_map is identity_key_map else (lambda k: key_map(k) is not None)
     shard_iter, files, path = _as_shard_iter(shards, key_filter)
-    label = label or (str(path) if path is not None else type(model).__name__)
+    entry = find_weights(path) if path is not None else None
+    if label is None:
+        label = str(entry or path) if path is not None else type(model).__name__
+    elif entry is not None and entry != Path(path):
+        label = f"{label} ({entry.name})"  # errors name the file, not just its folder
     report = LoadReport(label=label, files=list(files or []), device_map=dmap)
 
     if precheck and path is not None:

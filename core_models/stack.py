@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .checkpoint import (PEFT_PREFIX, CheckpointError, DeviceMap, PathLike, SeedXPaths, empty_init,
+from .checkpoint import (PEFT_PREFIX, DeviceMap, PathLike, SeedXPaths, empty_init,
                          load_into_model)
 from .config import OFFICIAL_AGENT, OFFICIAL_LLM, SeedXConfig
 

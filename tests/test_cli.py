@@ -1,0 +1,200 @@
+"""The ``seedx`` CLI: cheap start-up, the README demo, bad scripts, plugins, sessions, the REPL.
+
+The tiny runtime takes seconds to build, so the model-backed tests share one in-process run of
+the demo (``main`` keeps the runtime it loaded) and the REPL gets one subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from core_models.image_io import content_hash
+from seedx_agent import cli
+
+ROOT = Path(__file__).parent.parent
+DEMO = ROOT / "examples" / "demo.yaml"
+
+
+def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, **kwargs)
+
+
+def test_help_plugins_and_sessions_do_not_import_torch(tmp_path):
+    code = f"""
+import sys
+import seedx_agent
+assert 'torch' not in sys.modules, 'import seedx_agent imported torch'
+from seedx_agent import cli
+for argv in (['--help'], ['run', '--help'], ['chat', '--help']):
+    try:
+        cli.main(argv)
+    except SystemExit as exit:
+        assert exit.code == 0, (argv, exit.code)
+assert cli.main(['plugins']) == 0
+assert cli.main(['sessions', 'list', '--store', {str(tmp_path / 'none')!r}]) == 0
+assert 'torch' not in sys.modules, 'the CLI imported torch'
+print('NO TORCH')
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "NO TORCH" in result.stdout
+    assert "usage: seedx" in result.stdout
+    assert "UNTRAINED" in result.stdout  # --help says plainly that the default model is untrained
+    for command in ("chat", "run", "smoke", "plugins", "sessions"):
+        assert command in result.stdout
+
+
+def test_demo_yaml_is_the_built_in_smoke_script():
+    assert yaml.safe_load(DEMO.read_text()) == cli.DEMO_SCRIPT
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """``seedx run examples/demo.yaml --out DIR``, once for the module: (DIR, transcript)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert cli.main(["run", str(DEMO), "--out", str(out)]) == 0
+    return out, json.loads((out / "transcript.json").read_text())
+
+
+def test_demo_run_writes_transcript_and_images(demo, capsys):
+    out, transcript = demo
+    assert transcript["schema_version"] == cli.TRANSCRIPT_SCHEMA_VERSION
+    assert transcript["runtime"]["untrained"] is True and transcript["untrained_notice"]
+    assert transcript["complete"] is True
+    turns = transcript["turns"]
+    assert len(turns) == 4
+    assert [t["errors"] for t in turns] == [[], [], [], []]
+    assert [t["index"] for t in turns] == [0, 1, 2, 3]
+
+    roles = [[p["role"] for p in t["parts"] if p["type"] == "image"] for t in turns]
+    assert roles == [["input"], ["generated"], ["edited"], []]
+    # every image the transcript names is a PNG under images/ whose pixels hash to its id
+    for turn in turns:
+        for image in turn["images"]:
+            assert image["file"] == f"images/{image['image_id']}.png"
+            with Image.open(out / image["file"]) as picture:
+                assert content_hash(picture) == image["image_id"]
+    # the edit was made from the generated picture, and the grounding turn looked at the edit
+    generated = turns[1]["images"][0]["image_id"]
+    edited = next(p for p in turns[2]["parts"] if p["type"] == "image")
+    assert edited["provenance"]["parent_image"] == generated
+    assert edited["provenance"]["detokenizer_stage"] == 2
+    assert turns[2]["variant"] == "seed_x_edit"
+    assert turns[3]["model_images"] == [edited["image_id"]]
+    assert (out / "store" / "sessions.sqlite3").exists()
+
+
+def test_bad_scripts_are_refused_before_loading_the_model(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("turns:\n  - text: hi\n    images: [nowhere.png]\n")
+    assert cli.main(["run", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "turns[0].images[0]: image file not found" in err and "nowhere.png" in err
+    assert not (tmp_path / "out").exists()
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("turns:\n  - txt: hi\n")
+    assert cli.main(["run", str(typo), "--out", str(tmp_path / "out")]) == 2
+    assert "turns[0].txt: Extra inputs are not permitted" in capsys.readouterr().err
+
+    assert cli.main(["run", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "script not found" in capsys.readouterr().err
+
+
+def test_corrupt_image_is_recorded_and_the_run_goes_on(demo, tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    script = tmp_path / "script.yaml"
+    script.write_text("turns:\n"
+                      "  - {text: 'what is this?', images: [corrupt.png], max_new_tokens: 4}\n"
+                      "  - {text: hello, max_new_tokens: 4}\n")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(script), "--out", str(out)]) == 0  # loaded once, by `demo`
+    first, second = json.loads((out / "transcript.json").read_text())["turns"]
+    assert first["finish_reason"] == "error" and first["index"] is None
+    assert first["errors"][0]["source"] == "input"
+    assert "image 1" in first["errors"][0]["message"]
+    assert second["errors"] == [] and second["index"] == 0
+    assert second["finish_reason"] == "max_new_tokens"
+
+
+@pytest.mark.skipif("grounding" not in {ep.name for ep in metadata.entry_points(group="seedx")},
+                    reason="the seedx-agent entry points are not installed")
+def test_plugins_lists_grounding(capsys):
+    assert cli.main(["plugins"]) == 0
+    text = capsys.readouterr().out
+    assert "grounding" in text and "register_skills" in text and "locate" in text
+    assert cli.main(["plugins", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert "grounding" in [p["name"] for p in listed["plugins"]]
+    assert "grounding" in [s["name"] for s in listed["skills"]]
+
+
+def test_sessions_list_show_export(demo, tmp_path, capsys):
+    out, transcript = demo
+    store = str(out / "store")
+    session_id = transcript["session"]["id"]
+    assert cli.main(["sessions", "list", "--store", store]) == 0
+    assert session_id in capsys.readouterr().out
+
+    assert cli.main(["sessions", "show", session_id[:8], "--store", store]) == 0
+    shown = capsys.readouterr().out
+    assert "turn 3" in shown and "edit of" in shown and "Make the sky purple." in shown
+    assert cli.main(["sessions", "show", session_id, "--json", "--store", store]) == 0
+    assert len(json.loads(capsys.readouterr().out)["turns"]) == 4
+
+    dest = tmp_path / "export"
+    assert cli.main(["sessions", "export", session_id, str(dest), "--store", store]) == 0
+    exported = json.loads((dest / "transcript.json").read_text())
+    assert len(exported["turns"]) == 4
+    assert {p.stem for p in (dest / "images").glob("*.png")} == {
+        p.stem for p in (out / "images").glob("*.png")}
+
+    assert cli.main(["sessions", "show", "ffff", "--store", store]) == 2
+    assert "no session 'ffff'" in capsys.readouterr().err
+    assert cli.main(["sessions", "list", "--store", str(tmp_path / "empty")]) == 0
+    assert "no sessions" in capsys.readouterr().out
+
+
+def test_chat_repl_through_stdin(tmp_path, capsys):
+    picture = tmp_path / "photo.png"
+    cli.synthetic_image(64, 48).save(picture)
+    lines = ["/help", f"/image {picture}", f"/image {tmp_path / 'nope.png'}", "/draw",
+             "what is this? draw it", "/skill nosuch", "/frobnicate", "/quit", "never read"]
+    result = subprocess.run(
+        [sys.executable, "-m", "seedx_agent.cli", "chat", "--store", str(tmp_path / "store"),
+         "--max-new-tokens", "68"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=ROOT, timeout=180)
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 0, err
+    assert "UNTRAINED" in out and "/image PATH" in out
+    assert f"attached {picture} (64x48)" in out
+    assert "image file not found" in err  # the bad path is reported, and the REPL goes on
+    assert "next turn draws an image: on" in out
+    assert "[image 0: generated" in out and str(tmp_path / "store" / "images") in out
+    assert "[turn 0: max_new_tokens]" in out
+    assert "no skill named 'nosuch'" in err and "unknown command /frobnicate" in err
+    assert "never read" not in out
+
+    assert cli.main(["sessions", "list", "--store", str(tmp_path / "store")]) == 0
+    assert "  1 turn " in capsys.readouterr().out
+
+
+def test_docs_cover_commands_script_and_transcript(demo):
+    docs = (ROOT / "docs" / "cli.md").read_text()
+    for command in ("chat", "run", "smoke", "plugins", "sessions"):
+        assert f"\n## seedx {command}\n" in docs
+    for model in (cli.Script, cli.ScriptTurn):
+        for field in model.model_fields:
+            assert f"| `{field}` |" in docs, f"docs/cli.md: script key {field!r} undocumented"
+    _out, transcript = demo
+    for key in [*transcript, *transcript["turns"][0]]:
+        assert f"`{key}`" in docs, f"docs/cli.md: transcript key {key!r} undocumented"

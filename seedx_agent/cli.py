@@ -158,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("dest", type=Path, metavar="DEST")
     export.set_defaults(func=cmd_sessions_export)
 
+    convert = commands.add_parser(
+        "convert", help="convert a pickled checkpoint (.bin/.pt, sharded or not) to safetensors",
+        description="One-time conversion of a released checkpoint file or folder (LLM shards + "
+                    "index, agent, de-tokenizer, Qwen ViT) to safetensors, streamed shard by shard "
+                    "and crash-safe. Qwen-VL-Chat shards: add --qwen-visual to keep only "
+                    "transformer.visual.* (prefix stripped).")
+    convert.add_argument("src", type=Path, metavar="SRC")
+    convert.add_argument("dst", type=Path, metavar="DST")
+    convert.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                         help="cast while converting (the released LLM is fp32)")
+    convert.add_argument("--max-shard-size", default="5GB", metavar="SIZE")
+    convert.add_argument("--qwen-visual", action="store_true",
+                         help="extract the ViT from Qwen-VL-Chat shards")
+    convert.set_defaults(func=cmd_convert)
+
     from .plugins import pm
     try:
         pm.hook.register_commands(cli=commands)
@@ -766,6 +781,22 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
                 print(f"  action: {action.skill}.{action.action} v{action.version}")
             for error in turn.errors:
                 print(f"  error ({error.source}): {error.message}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
+    from core_models import checkpoint as ckpt
+
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    key_map = ckpt.qwen_visual_key_map if args.qwen_visual else ckpt.identity_key_map
+    try:
+        out = ckpt.convert_to_safetensors(args.src, args.dst, dtype=dtype,
+                                          max_shard_size=args.max_shard_size, key_map=key_map)
+    except (ckpt.CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    print(f"converted {args.src} -> {out}")
     return EXIT_OK
 
 

@@ -813,8 +813,33 @@ def dispatch_if_needed(model: nn.Module, device_map: Mapping[str, Any],
     if len(devices) > 1 or "disk" in devices:
         from accelerate import dispatch_model
 
-        dispatch_model(model, device_map=dict(device_map),
+        dispatch_model(model, device_map=disjoint_device_map(model, device_map),
                        offload_dir=str(offload_folder) if offload_folder else None)
+
+
+def disjoint_device_map(model: nn.Module, device_map: Mapping[str, Any]) -> dict[str, Any]:
+    """``device_map`` rewritten so that no key is a prefix of another, as accelerate expects.
+
+    Our maps may say "everything on cuda:0 (``""``), except these layers"; accelerate's hooks
+    would then place the whole model on cuda:0 from the root. So a module holding a more specific
+    key is split into its own parameters, buffers and children, recursively.
+    """
+    out: dict[str, Any] = {}
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        dotted = prefix + "." if prefix else ""
+        if not any(key.startswith(dotted) and key != prefix for key in device_map if key):
+            out[prefix] = device_for(prefix, device_map)  # nothing more specific below: one entry
+            return
+        for name, _ in module.named_parameters(recurse=False):
+            out[dotted + name] = device_for(dotted + name, device_map)
+        for name, _ in module.named_buffers(recurse=False):
+            out[dotted + name] = device_for(dotted + name, device_map)
+        for name, child in module.named_children():
+            visit(dotted + name, child)
+
+    visit("", model)
+    return out
 
 
 def _as_shard_iter(shards: Any, key_filter: Callable[[str], bool] | None = None

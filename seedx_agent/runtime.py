@@ -127,14 +127,14 @@ class Runtime:
         if not root.exists():
             raise FileNotFoundError(f"no model folder at {root} (and it is not a preset: "
                                     f"known presets: {TINY_PRESET!r})")
-        device_map = _device_map(placement)
+        device_map = _device_map(placement, root, variant, torch_dtype)
         stack = SeedXStack.from_pretrained(root, variant=variant, dtype=torch_dtype,
                                            device_map=device_map, progress=progress,
                                            offload_folder=placement.offload_folder)
 
         def load_agent(v: Variant) -> Any:
             from core_models.checkpoint import SeedXPaths
-            from core_models.stack import load_agent as _load
+            from core_models.stack import component_device_map, load_agent as _load
 
             if not isinstance(v.llm_path, str):
                 raise NotImplementedError("adapter variants on the released layout are loaded "
@@ -149,7 +149,7 @@ class Runtime:
             cfg = stack.config
             return _load(paths.llm, paths.agent, llm=cfg.llm, input_resampler=cfg.input_resampler,
                          output_resampler=cfg.output_resampler, agent=cfg.agent, dtype=torch_dtype,
-                         device_map=device_map if not isinstance(device_map, dict) else device_map.get("agent"),
+                         device_map=component_device_map(device_map, "agent"),
                          progress=progress)
 
         return cls(stack, name=str(root), placement=placement, variants=variants,
@@ -285,10 +285,33 @@ def _resolve_dtype(dtype: Any):
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def _device_map(placement: Placement) -> Any:
+def _device_map(placement: Placement, root: Path, variant: str, dtype: Any) -> Any:
+    """The stack-level device map for ``placement``.
+
+    One device: that device. Split or offload: the ViT, the resamplers and the de-tokenizer on
+    the primary device, and the LLM's decoder layers where ``placement.llm_device_map`` puts them
+    (accelerate's plan on the meta-built LLM; layers are never split, overflow goes to CPU, then
+    disk under ``offload``).
+    """
     if placement.kind in ("cpu", "gpu"):
         return placement.primary_device
-    return "auto"
+    from accelerate import init_empty_weights
+
+    from core_models.checkpoint import SeedXPaths
+    from core_models.stack import build_agent, config_from_paths
+
+    cfg = config_from_paths(SeedXPaths.resolve(root, variant))
+    with init_empty_weights():
+        agent = build_agent(cfg.llm, cfg.input_resampler, cfg.output_resampler, cfg.agent)
+    primary = placement.primary_device
+    device_map: dict[str, Any] = {"": primary, "vit": primary, "detokenizer": primary,
+                                  "vae": primary, "agent": primary}
+    llm_map = placement.llm_device_map(agent.llm.to(dtype))
+    if isinstance(llm_map, str):
+        llm_map = {"": llm_map}
+    for name, device in llm_map.items():
+        device_map["agent.llm" + (f".{name}" if name else "")] = device
+    return device_map
 
 
 def _fingerprint(stack: "SeedXStack") -> str:

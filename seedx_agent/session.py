@@ -259,6 +259,10 @@ class Session:
         reply = SkillReply(request=request, parts=tuple(parts))
         placed = iter(reply.placed_boxes())
         parts = [next(placed) if isinstance(p, BoxPart) else p for p in parts]
+        on_parts = {w for p in parts for w in p.warnings}
+        for warning in warnings:  # e.g. a dropped box: no part is left to carry its warning
+            if warning not in on_parts:
+                yield Notice(message=f"reply: {warning}")
 
         actions, errors = [], []
         if not cancelled and parsed is not None:
@@ -308,19 +312,21 @@ class Session:
             encoded = [rt.encode_image(self.get_image(p.image_id), p.image_id, variant.resolution_grids)
                        for p in images]
             budget = self._token_budget(agent)
+            text = self._instruction(variant, instruction, encoded)
+            alone = 1 + len(tok.encode(variant.template.render(text, True)))
+            if alone + max_new > budget:  # checked before evicting: a failed turn changes nothing
+                raise TurnFailed("context", f"this turn needs {alone + max_new} tokens but the "
+                                            f"context holds {budget}; use fewer or smaller images")
             while True:
                 kv = self._kv_session(variant, agent, fresh=not multi)
                 first = len(kv) == 0
                 ids = ([tok.bos_token_id] if first else []) + tok.encode(
-                    variant.template.render(self._instruction(variant, instruction, encoded), first))
+                    variant.template.render(text, first))
                 if len(kv) + len(ids) + max_new <= budget or first:
                     break
                 dropped = self._evict_oldest()
                 yield Notice(message=f"turn {dropped} left the model's context (limit {budget} "
                                      "tokens); it stays in the transcript")
-            if len(ids) + max_new > budget:
-                raise TurnFailed("context", f"this turn needs {len(ids) + max_new} tokens but the "
-                                            f"context holds {budget}; use fewer or smaller images")
             mark = len(kv)
             state["prompt_tokens"] = len(ids)
             try:
@@ -328,9 +334,13 @@ class Session:
             except BaseException:
                 kv.crop(mark)  # a cancelled or failed turn leaves the cache as it was
                 raise
-            self._kv_turns[variant.name] = self._kv_turns.get(variant.name, []) + [len(self.history)]
-        yield from self._render_images(variant, stage=variant.detokenizer_stage, source=None, o=o,
-                                       state=state)
+        try:
+            yield from self._render_images(variant, stage=variant.detokenizer_stage, source=None,
+                                           o=o, state=state)
+        except BaseException:
+            kv.crop(mark)  # ... also when it is cancelled or fails while drawing its images
+            raise
+        self._kv_turns[variant.name] = self._kv_turns.get(variant.name, []) + [len(self.history)]
 
     def _edit_reply(self, variant, instruction: str, images: list[ImagePart], max_new: int,
                     o: dict[str, Any], state: dict[str, Any]) -> Iterator[Event]:
@@ -469,7 +479,10 @@ class Session:
             return self.runtime.new_generation(agent)
         wanted = self._context_turns()
         kv = self._kv.get(variant.name)
-        if self.keep_cache and kv is not None and self._kv_turns.get(variant.name) == wanted:
+        # reused only if it is on the agent now resident: after a residency swap it points at an
+        # unloaded copy (decoding there would also keep that copy alive), so it is rebuilt
+        if (self.keep_cache and kv is not None and self._kv_turns.get(variant.name) == wanted
+                and getattr(kv, "model", agent) is agent):
             return kv
         kv = self.runtime.new_generation(agent)
         self._replay(kv, agent, variant, wanted)

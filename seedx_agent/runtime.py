@@ -105,8 +105,6 @@ class Runtime:
         "offload"); ``dtype`` overrides the placement's dtype. Variants registered by plugins
         (``register_variants``) are added to ``variants``.
         """
-        import torch
-
         from core_models.config import SeedXConfig
         from core_models.stack import SeedXStack
 

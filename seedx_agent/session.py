@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .reply_parser import ImageSlot, ParsedReply, ReplyParser
-from .types import (BoxFound, BoxPart, DenoiseStep, ErrorEvent, Event, ImageDone, ImagePart, Notice,
+from .types import (BoxPart, DenoiseStep, ErrorEvent, Event, ImageDone, ImagePart, Notice,
                     Part, Provenance, TextPart, TurnDone)
 
 if TYPE_CHECKING:
@@ -492,8 +492,6 @@ class Session:
 
     def _replay(self, kv, agent, variant, turns: list[int]) -> None:
         """Prefill finished turns (prompt + reply without EOS), exactly as they were written."""
-        import torch
-
         rt = self.runtime
         tok = rt.tokenizer
         for n, i in enumerate(turns):

@@ -17,3 +17,19 @@ def golden() -> Path:
 @pytest.fixture
 def golden_tokenizer() -> Path:
     return GOLDEN_TOKENIZER
+
+
+@pytest.fixture(scope="module")
+def rt():
+    """The untrained tiny runtime, built once per test module.
+
+    One torch thread: on a shared 2-core machine the tiny stack is far faster that way.
+    """
+    import torch
+
+    from seedx_agent.runtime import Runtime
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Runtime.from_pretrained("tiny")
+    torch.set_num_threads(threads)

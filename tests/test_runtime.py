@@ -20,16 +20,6 @@ from seedx_agent.testing import Reply, replay_runtime, stop_replay
 from seedx_agent.types import PART_ADAPTER, ImagePart
 
 
-@pytest.fixture(scope="module")
-def rt():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny stack is far faster on one thread of a shared machine
-    yield Runtime.from_pretrained("tiny")
-    torch.set_num_threads(threads)
-
-
 def reply_ids(session) -> list[tuple[int, ...]]:
     return [t.context.reply_ids for t in session.history]
 

@@ -31,16 +31,6 @@ from seedx_agent.types import (EVENT_ADAPTER, PART_ADAPTER, BoxPart, DenoiseStep
 Q = 64
 
 
-@pytest.fixture(scope="module")
-def rt():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny stack is far faster on one thread of a shared machine
-    yield Runtime.from_pretrained("tiny")
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def replay(rt):
     """``replay(*replies)``: the module's runtime replays these replies, for this test only."""

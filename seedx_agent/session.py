@@ -83,6 +83,7 @@ class Session:
         self._kv: dict[str, Any] = {}           # variant -> GenerationSession
         self._kv_turns: dict[str, list[int]] = {}  # variant -> history indices it covers
         self._context_start = 0                 # first turn still in the model's context
+        self._unsaved: list[TurnRecord] = []      # turns a failed store write left behind
         if session_id is not None:
             if store is None:
                 raise ValueError("resuming a session needs the store it was saved in")
@@ -291,15 +292,33 @@ class Session:
                                  grids=tuple(variant.resolution_grids),
                                  image_first=variant.template.image_first, reply_ids=reply_ids,
                                  in_context=not edit and not cancelled))
-        if self.store is not None:
-            record = self.store.append_turn(record)
-            from .plugins import pm
-            pm.hook.turn_done(session=self.record, turn=record)
         self.history.append(record)
+        if self.store is not None:
+            error = self._save(record)
+            if error is not None:  # the turn still counts in memory; saving is retried next turn
+                yield error
         for warning in warnings:
             logger.info("turn %d: %s", index, warning)
         yield TurnDone(turn_index=index, parts=tuple(parts), actions=tuple(actions),
                        finish_reason=finish)
+
+    def _save(self, record: "TurnRecord") -> ErrorEvent | None:
+        """Append ``record`` and any earlier turn a failed save left behind, in order."""
+        from .plugins import pm
+        from .store import StoreError
+
+        self._unsaved.append(record)
+        while self._unsaved:
+            turn = self._unsaved[0]
+            try:
+                stored = self.store.append_turn(turn)
+            except StoreError as exc:
+                return ErrorEvent(source="store", message=f"turn {turn.index} is not saved yet "
+                                                          f"(retried after the next turn): {exc}")
+            self._unsaved.pop(0)
+            self.history[turn.index] = stored
+            pm.hook.turn_done(session=self.record, turn=stored)
+        return None
 
     # --- the model's side of a turn -----------------------------------------------------------
     def _chat_reply(self, variant, instruction: str, images: list[ImagePart], max_new: int,

@@ -561,3 +561,26 @@ def test_recorded_box_reply_is_grounded_on_a_non_square_input(rt, replay, tmp_pa
     assert Image.open(out / "crop_00_the-red-car.png").size == (160, 160)
     assert (out / "coco.json").is_file() and list(out.glob("annotated_*.png"))
     assert store.turns(session.id)[0].actions == (action,)
+
+
+def test_a_store_failure_is_reported_and_the_session_goes_on(rt, tmp_path, monkeypatch):
+    from seedx_agent.store import SessionStore, StoreError
+
+    store = SessionStore(tmp_path / "store")
+    session = rt.open_session(store=store)
+    real = store.append_turn
+
+    def broken(record):
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(store, "append_turn", broken)
+    events = list(session.turn("hello", max_new_tokens=3))
+    errors = [e for e in events if e.type == "error"]
+    assert errors and errors[0].source == "store" and "disk full" in errors[0].message
+    assert events[-1].type == "turn_done" and events[-1].finish_reason != "error"
+
+    monkeypatch.setattr(store, "append_turn", real)
+    events = list(session.turn("again", max_new_tokens=3))
+    assert not [e for e in events if e.type == "error"]
+    assert [t.index for t in store.turns(session.id)] == [0, 1]  # the lost turn was saved too
+    assert len(session.history) == 2

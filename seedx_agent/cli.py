@@ -5,6 +5,7 @@
     seedx smoke    --out DIR [--model …] [--placement …]
     seedx plugins  [--json]
     seedx sessions list | show ID | export ID DEST   [--store DIR]
+    seedx eval     nano [--json] [--n 200] [--smoke] [--model nano|PATH]
 
 Plugins add commands through the ``register_commands(cli)`` hook. Every command is documented in
 docs/cli.md, with the script format of ``seedx run``.
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, TextIO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
+from .presets import DEFAULT_PRESET, TINY_PRESET
 from .progress import DenoiseBars, status
 from .types import (ActionEvent, BoxFound, DenoiseStep, ErrorEvent, Event, ImageDone, ImagePart,
                     ImageStarted, Notice, TextDelta, TextPart, TurnDone)
@@ -50,7 +52,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 TRANSCRIPT_SCHEMA_VERSION = 1
 """Version of the ``transcript.json`` that ``seedx run`` writes (its layout is in docs/cli.md)."""
 
-DEFAULT_MODEL = "tiny"
+DEFAULT_MODEL = DEFAULT_PRESET  # "nano" once the shipped SEED-X Nano is trained, else "tiny"
 
 # The README demo, also run by ``seedx smoke``; examples/demo.yaml is this script as YAML (a test
 # keeps the two equal). The tiny model is untrained and would never draw on its own, hence
@@ -98,15 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seedx",
         description="SEED-X as an agent: multi-turn sessions with images in and out, and skills. "
-                    f"The default model ({DEFAULT_MODEL!r}) is an UNTRAINED random-weight stack: "
-                    "its replies and pictures are noise; pass --model PATH for released weights.",
+                    + _default_model_help(),
         epilog="Docs: docs/cli.md. Exit status: 0 ok, 2 bad invocation or broken script, 1 other.")
     parser.add_argument("--version", action="version", version=f"seedx-agent {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     model = argparse.ArgumentParser(add_help=False)
-    model.add_argument("--model", default=None, metavar="tiny|PATH",
-                       help=f"preset or release folder (default: {DEFAULT_MODEL}, untrained)")
+    model.add_argument("--model", default=None, metavar="nano|tiny|PATH",
+                       help=f"preset or release folder (default: {DEFAULT_MODEL}"
+                            + (", untrained)" if DEFAULT_MODEL == TINY_PRESET else ")"))
     model.add_argument("--placement", default=None, metavar="PLAN",
                        help="cpu (default), cuda[:N], split:DEV,DEV, offload[:DEV] or auto")
     store = argparse.ArgumentParser(add_help=False)
@@ -172,6 +174,27 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--qwen-visual", action="store_true",
                          help="extract the ViT from Qwen-VL-Chat shards")
     convert.set_defaults(func=cmd_convert)
+
+    evaluate = commands.add_parser(
+        "eval", help="score a model on held-out scenes (SEED-X Nano)",
+        description="Score SEED-X Nano on held-out scenes of its world through the agent "
+                    "(Runtime + Session.turn, canonical requests), with a model-free analyser: "
+                    "grounding mIoU, caption attributes, counting, text-to-image attributes, "
+                    "edits (accuracy, PSNR outside the edited object) and try-on. --json prints "
+                    "one JSON object; progress and notes go to stderr.")
+    evaluate.add_argument("suite", choices=["nano"], help="what to evaluate")
+    evaluate.add_argument("--model", default=None, metavar="nano|PATH",
+                          help="the Nano preset (default) or an exported Nano folder")
+    evaluate.add_argument("--n", type=int, default=200, metavar="N",
+                          help="held-out scenes per metric (default 200)")
+    evaluate.add_argument("--smoke", action="store_true",
+                          help="a handful of scenes per metric (what CI runs)")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print one JSON object with the seven metrics")
+    evaluate.add_argument("--threads", type=int, default=1, metavar="N",
+                          help="torch threads (default 1: the Nano's matrices are small, one "
+                               "thread is fastest and leaves the other cores free)")
+    evaluate.set_defaults(func=cmd_eval)
 
     from .plugins import pm
     try:
@@ -784,6 +807,21 @@ def cmd_sessions_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise CliError("--n must be at least 1")
+    import torch
+
+    from core_models.nano.evaluate import run_cli
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return run_cli(args.model, n=args.n, smoke=args.smoke, as_json=args.json)
+    except FileNotFoundError as exc:
+        raise CliError(str(exc)) from None
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     import torch
 
@@ -850,7 +888,19 @@ def load_runtime(model: str | None, placement: str | None) -> "Runtime":
     return _RUNTIMES[key]
 
 
+def _default_model_help() -> str:
+    if DEFAULT_MODEL == TINY_PRESET:
+        return (f"The default model ({DEFAULT_MODEL!r}) is an UNTRAINED random-weight stack: its "
+                "replies and pictures are noise; pass --model PATH for released weights.")
+    return (f"The default model ({DEFAULT_MODEL!r}) is SEED-X Nano, a small SEED-X trained on a "
+            "procedural world of shapes (docs/model_card_nano.md); pass --model PATH for "
+            "released weights.")
+
+
 def _untrained_notice(runtime: "Runtime") -> str | None:
+    notice = getattr(runtime, "notice", None)
+    if notice:
+        return notice
     if not runtime.untrained:
         return None
     return (f"model {runtime.name!r} is an UNTRAINED random-weight SEED-X stack, the default until "
@@ -866,13 +916,15 @@ def _banner(runtime: "Runtime", stream: TextIO) -> None:
 
 
 def _quiet_untrained_log() -> None:
-    """The runtime logs the untrained notice as a warning; the CLI prints it as its banner."""
-    logger = logging.getLogger("seedx_agent.runtime")
-    if not any(getattr(f, "_seedx_cli", False) for f in logger.filters):
-        def drop(record: logging.LogRecord) -> bool:
-            return "UNTRAINED" not in record.getMessage()
-        drop._seedx_cli = True  # type: ignore[attr-defined]
-        logger.addFilter(drop)
+    """The runtime (and the presets) log the untrained notice as a warning; the CLI prints it
+    as its banner."""
+    for name in ("seedx_agent.runtime", "seedx_agent.presets"):
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "_seedx_cli", False) for f in logger.filters):
+            def drop(record: logging.LogRecord) -> bool:
+                return "UNTRAINED" not in record.getMessage()
+            drop._seedx_cli = True  # type: ignore[attr-defined]
+            logger.addFilter(drop)
 
 
 if __name__ == "__main__":

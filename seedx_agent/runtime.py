@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .placement import Placement
-from .variants import ResidencyPolicy, Variant, VariantRegistry
+from .variants import (ALL_GRIDS, AdapterWeights, PromptTemplate, ResidencyPolicy, Variant,
+                       VariantRegistry)
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +38,18 @@ logger = logging.getLogger(__name__)
 TINY_PRESET = "tiny"
 UNTRAINED_NOTICE = ("the 'tiny' preset is an UNTRAINED random-weight SEED-X stack: its text and "
                     "images are noise; it exists to exercise the real code paths offline")
+ADAPTERS_DIRNAME = "adapters"
+BASE_ALIAS = "base"  # with adapters: the shared base LLM, every adapter disabled
+# How known adapter names run, unless the model folder says otherwise (``adapters/<name>`` plus
+# an optional ``variants`` entry in ``nano_manifest.json``): SEED-X-Edit's single-turn,
+# single-image editing on the stage-2 de-tokenizer, and try-on's person as the stage-2 condition.
+ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "seed_x_edit": dict(description="editing adapter: single-turn, one image, stage-2 de-tokenizer",
+                        detokenizer_stage=2, single_image_edit=True,
+                        template=PromptTemplate(multi_turn=False)),
+    "tryon": dict(description="try-on adapter: person + garment in, the person (the stage-2 "
+                              "condition) dressed out", detokenizer_stage=2),
+}
 
 
 class FifoLock:
@@ -90,6 +103,10 @@ class Runtime:
         self._locks: dict[str, FifoLock] = {}
         self._locks_guard = threading.Lock()
         self._skill_host = skill_host
+        self.adapters: AdapterHost | None = None   # peft adapters on the base LLM (adapters/)
+        self.untrained_components: tuple[str, ...] = ()  # set by presets with untrained parts
+        self.notice: str | None = None            # what the CLI banner says about this model
+        self.default_steps: int | None = None      # overrides default_num_inference_steps
         self.weights_fingerprint = _fingerprint(stack)
 
     # --- construction -----------------------------------------------------------------------
@@ -99,15 +116,23 @@ class Runtime:
                         variants: VariantRegistry | None = None,
                         residency: ResidencyPolicy | None = None, progress: bool | None = None,
                         load_plugins: bool = True) -> "Runtime":
-        """Load the release layout at ``path_or_preset``, or build the ``"tiny"`` preset.
+        """Load the release layout at ``path_or_preset``, or build a preset (`seedx_agent.presets`:
+        ``"tiny"``, ``"nano"``).
 
         ``placement`` is a `Placement` (or its string form: "cpu", "cuda:0", "split:cuda:0,cuda:1",
         "offload"); ``dtype`` overrides the placement's dtype. Variants registered by plugins
-        (``register_variants``) are added to ``variants``.
+        (``register_variants``) are added to ``variants``. A folder with ``adapters/<name>/``
+        (peft LoRA folders) gets one variant per adapter on the base LLM (`AdapterHost`).
         """
         from core_models.config import SeedXConfig
         from core_models.stack import SeedXStack
 
+        from . import presets
+
+        if str(path_or_preset) in presets.PRESETS and str(path_or_preset) != TINY_PRESET:
+            return presets.build(str(path_or_preset), dtype=dtype, placement=placement,
+                                 variant=variant, variants=variants, residency=residency,
+                                 progress=progress, load_plugins=load_plugins)
         placement = Placement.parse(placement if placement is not None else "cpu")
         torch_dtype = _resolve_dtype(dtype) if dtype is not None else placement.torch_dtype()
         variants = variants or VariantRegistry()
@@ -124,7 +149,7 @@ class Runtime:
         root = Path(path_or_preset)
         if not root.exists():
             raise FileNotFoundError(f"no model folder at {root} (and it is not a preset: "
-                                    f"known presets: {TINY_PRESET!r})")
+                                    f"known presets: {', '.join(map(repr, presets.PRESETS))})")
         device_map = _device_map(placement, root, variant, torch_dtype)
         stack = SeedXStack.from_pretrained(root, variant=variant, dtype=torch_dtype,
                                            device_map=device_map, progress=progress,
@@ -135,8 +160,8 @@ class Runtime:
             from core_models.stack import component_device_map, load_agent as _load
 
             if not isinstance(v.llm_path, str):
-                raise NotImplementedError("adapter variants on the released layout are loaded "
-                                          "by the plugin that registers them")
+                raise NotImplementedError(f"adapter variant {v.name!r}: its base "
+                                          f"{v.llm_path.base!r} is not the loaded base LLM")
             from core_models.checkpoint import VARIANTS
 
             if v.name in VARIANTS and v.llm is None and v.agent is None:
@@ -150,8 +175,43 @@ class Runtime:
                          device_map=component_device_map(device_map, "agent"),
                          progress=progress)
 
-        return cls(stack, name=str(root), placement=placement, variants=variants,
-                   residency=residency, agent_loader=load_agent)
+        runtime = cls(stack, name=str(root), placement=placement, variants=variants,
+                      residency=residency, agent_loader=load_agent)
+        runtime.attach_adapters(root)
+        return runtime
+
+    def attach_adapters(self, root: str | Path) -> list[str]:
+        """Register ``<root>/adapters/<name>/`` (peft LoRA folders) as variants on the base LLM.
+
+        Each becomes ``Variant(name, llm=AdapterWeights(base=<base>, path="adapters/<name>"))``,
+        replacing a same-named variant (a built-in ``seed_x_edit`` or ``seed_x_i``); settings
+        come from `ADAPTER_DEFAULTS` and an optional ``variants`` mapping in
+        ``nano_manifest.json``. All adapters are loaded onto the one base LLM now; ``"base"``
+        names the base with every adapter disabled. No ``adapters/`` folder: nothing changes.
+        """
+        folder = Path(root) / ADAPTERS_DIRNAME
+        names = sorted(p.name for p in folder.iterdir()
+                       if (p / "adapter_config.json").is_file()) if folder.is_dir() else []
+        if not names:
+            return []
+        settings = _manifest_variants(Path(root))
+        base = self.stack.variant
+        self.adapters = AdapterHost(self.stack.agent, base, Path(root))
+        grids = tuple(self.config.resolution_grids) or ALL_GRIDS
+        self.variants.register(Variant(name=BASE_ALIAS, description=f"the base LLM of the "
+                                       f"adapters ({base}/), every adapter disabled",
+                                       llm=None, resolution_grids=grids), replace=True)
+        for name in names:
+            spec = dict(description=f"LoRA adapter {name} on {base}", resolution_grids=grids)
+            spec.update(ADAPTER_DEFAULTS.get(name, {}))
+            spec.update(settings.get(name, {}))
+            variant = Variant.model_validate(dict(
+                spec, name=name, llm=AdapterWeights(base=base, path=f"{ADAPTERS_DIRNAME}/{name}")))
+            self.variants.register(variant, replace=True)
+            self.adapters.load(name, Path(root) / ADAPTERS_DIRNAME / name)
+        self.adapters.activate(None)
+        self.weights_fingerprint = _fingerprint(self.stack)
+        return names
 
     # --- sessions -----------------------------------------------------------------------------
     def open_session(self, *, store: "SessionStore | None" = None, session_id: str | None = None,
@@ -187,8 +247,19 @@ class Runtime:
             return self._locks.setdefault(device, FifoLock())
 
     def agent(self, variant: str) -> Any:
-        """The agent (LLM + resamplers) of ``variant``, loading it and evicting per the policy."""
+        """The agent (LLM + resamplers) of ``variant``, loading it and evicting per the policy.
+
+        Adapter variants (and the base they sit on) share one agent: this activates the
+        variant's adapter (or disables all of them for the base) and returns that agent. Call it
+        under ``lock("llm")`` and use the agent before releasing the lock.
+        """
         spec = self.variants.get(variant)
+        host = self.adapters
+        if host is not None:
+            adapter = host.adapter_for(spec)
+            if adapter is not False:
+                host.activate(adapter)
+                return host.agent
         if spec.name in self._agents:
             self._agents.move_to_end(spec.name)
             return self._agents[spec.name]
@@ -199,6 +270,11 @@ class Runtime:
             del self._agents[name]
         self._agents[spec.name] = self._agent_loader(spec)
         return self._agents[spec.name]
+
+    def active_adapter(self, agent: Any) -> str | None:
+        """The adapter active on ``agent`` now (None: no adapter, or not the adapters' base)."""
+        host = self.adapters
+        return host.active if host is not None and host.agent is agent else None
 
     def new_generation(self, agent: Any):
         """A fresh decoding state (KV cache) on ``agent``; `seedx_agent.testing` swaps this out
@@ -236,7 +312,10 @@ class Runtime:
 
     @property
     def default_num_inference_steps(self) -> int:
-        """50 as in the official scripts; 4 for the untrained preset, whose images are noise."""
+        """50 as in the official scripts; 4 for the untrained preset, whose images are noise; a
+        preset may set ``default_steps`` (the Nano: the steps it was evaluated with)."""
+        if self.default_steps is not None:
+            return self.default_steps
         return 4 if self.untrained else 50
 
     def render(self, features: "torch.Tensor", *, stage: int, seed: int, num_inference_steps: int,
@@ -273,9 +352,94 @@ class Runtime:
         return len(self._vit_cache)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.name, "untrained": self.untrained,
-                "placement": self.placement.describe(), "variants": self.variants.names(),
-                "resident": self.resident_variants, "weights_fingerprint": self.weights_fingerprint}
+        about = {"model": self.name, "untrained": self.untrained,
+                 "placement": self.placement.describe(), "variants": self.variants.names(),
+                 "resident": self.resident_variants, "weights_fingerprint": self.weights_fingerprint}
+        if self.untrained_components:
+            about["untrained_components"] = list(self.untrained_components)
+        if self.adapters is not None:
+            about["adapters"] = sorted(self.adapters.loaded)
+        return about
+
+
+class AdapterHost:
+    """peft LoRA adapters on one base agent, switched per turn.
+
+    ``PeftModel.from_pretrained`` / ``load_adapter`` inject the LoRA layers *into* the base
+    agent's LLM modules in place, so ``agent.llm`` stays the plain HF Llama every code path uses
+    (``get_decoder``, ``get_input_embeddings``); the peft wrapper is kept here only to switch:
+    ``activate(name)`` sets that adapter and enables the LoRA layers, ``activate(None)``
+    disables them (the base). Switching is a flag flip, no weights move. The active adapter is
+    runtime-wide state: set it and use the agent under the same ``lock("llm")``.
+    """
+
+    def __init__(self, agent: Any, base_variant: str, root: Path):
+        self.agent = agent
+        self.base_variant = base_variant
+        self.root = root
+        self.loaded: dict[str, str] = {}   # adapter name -> folder
+        self.active: str | None = None
+        self._peft: Any = None
+
+    def load(self, name: str, path: str | Path) -> None:
+        import warnings
+
+        from peft import PeftModel
+
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self.agent.llm, str(path),
+                                                       adapter_name=name, is_trainable=False)
+            else:
+                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
+        self.loaded[name] = str(path)
+        self.activate(self.active)  # loading never changes which adapter runs
+        self.agent.eval()
+
+    def adapter_for(self, spec: Variant) -> str | None | bool:
+        """The adapter ``spec`` runs with: a name, None (the base, adapters off) or False (not a
+        variant of this base). An adapter variant registered by a plugin (any folder under the
+        model root) is loaded on first use."""
+        if isinstance(spec.llm, AdapterWeights):
+            if spec.llm.base not in (self.base_variant, BASE_ALIAS):
+                return False
+            if spec.name not in self.loaded:
+                self.load(spec.name, self.root / spec.llm.path)
+            return spec.name
+        if spec.name in (self.base_variant, BASE_ALIAS):
+            return None
+        return False
+
+    def activate(self, name: str | None) -> None:
+        if self._peft is None:
+            return
+        lora = self._peft.base_model
+        if name is None:
+            lora.disable_adapter_layers()
+        else:
+            try:
+                lora.set_adapter(name, inference_mode=True)
+            except TypeError:  # peft < 0.17
+                lora.set_adapter(name)
+            lora.enable_adapter_layers()
+        self.active = name
+
+
+def _manifest_variants(root: Path) -> dict[str, dict[str, Any]]:
+    """Per-adapter variant settings from ``nano_manifest.json``'s optional ``variants`` mapping
+    (``{"tryon": {"detokenizer_stage": 2, "resolution_grids": ["1x1"]}}``)."""
+    import json
+
+    path = root / "nano_manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    variants = data.get("variants") if isinstance(data, dict) else None
+    return {k: dict(v) for k, v in variants.items() if isinstance(v, dict)} if isinstance(variants, dict) else {}
 
 
 def _resolve_dtype(dtype: Any):

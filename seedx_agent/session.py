@@ -82,6 +82,7 @@ class Session:
         self._images: dict[str, Image.Image] = {}
         self._kv: dict[str, Any] = {}           # variant -> GenerationSession
         self._kv_turns: dict[str, list[int]] = {}  # variant -> history indices it covers
+        self._kv_adapter: dict[str, str | None] = {}  # variant -> adapter its cache was made with
         self._context_start = 0                 # first turn still in the model's context
         self._unsaved: list[TurnRecord] = []      # turns a failed store write left behind
         if session_id is not None:
@@ -353,9 +354,11 @@ class Session:
             except BaseException:
                 kv.crop(mark)  # a cancelled or failed turn leaves the cache as it was
                 raise
+        # a stage-2 variant (try-on) draws conditioned on the turn's first image (the person)
+        condition = images[0] if variant.detokenizer_stage == 2 and images else None
         try:
-            yield from self._render_images(variant, stage=variant.detokenizer_stage, source=None,
-                                           o=o, state=state)
+            yield from self._render_images(variant, stage=variant.detokenizer_stage,
+                                           source=condition, o=o, state=state)
         except BaseException:
             kv.crop(mark)  # ... also when it is cancelled or fails while drawing its images
             raise
@@ -498,15 +501,19 @@ class Session:
             return self.runtime.new_generation(agent)
         wanted = self._context_turns()
         kv = self._kv.get(variant.name)
+        adapter = self.runtime.active_adapter(agent)
         # reused only if it is on the agent now resident: after a residency swap it points at an
-        # unloaded copy (decoding there would also keep that copy alive), so it is rebuilt
+        # unloaded copy (decoding there would also keep that copy alive), so it is rebuilt; and
+        # only if it was made with the adapter active now (adapter variants share one agent)
         if (self.keep_cache and kv is not None and self._kv_turns.get(variant.name) == wanted
-                and getattr(kv, "model", agent) is agent):
+                and getattr(kv, "model", agent) is agent
+                and self._kv_adapter.get(variant.name) == adapter):
             return kv
         kv = self.runtime.new_generation(agent)
         self._replay(kv, agent, variant, wanted)
         self._kv[variant.name] = kv
         self._kv_turns[variant.name] = wanted
+        self._kv_adapter[variant.name] = adapter
         return kv
 
     def _replay(self, kv, agent, variant, turns: list[int]) -> None:

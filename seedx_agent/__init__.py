@@ -6,7 +6,7 @@ so the model-side names are resolved lazily on first use.
 
     import seedx_agent
 
-    runtime = seedx_agent.from_pretrained("tiny")          # or the SEED-X-17B folder
+    runtime = seedx_agent.from_pretrained()                # default preset, or a SEED-X-17B folder
     session = runtime.open_session()
     done = session.ask("Describe the image.", ["photo.jpg"])
 """
@@ -36,15 +36,17 @@ _LAZY = {
 }
 
 
-def from_pretrained(path_or_preset: str = "tiny", **kwargs: Any):
-    """Load a runtime: ``"tiny"`` (untrained, for development) or a SEED-X-17B folder.
+def from_pretrained(path_or_preset: str | None = None, **kwargs: Any):
+    """Load a runtime: a preset (``"nano"``, ``"tiny"``; default `presets.DEFAULT_PRESET`) or a
+    SEED-X-17B folder.
 
     Keyword arguments go to `seedx_agent.runtime.Runtime.from_pretrained` (``dtype``,
     ``placement``, ``variant``, ``variants``, ``residency``).
     """
+    from .presets import DEFAULT_PRESET
     from .runtime import Runtime
 
-    return Runtime.from_pretrained(path_or_preset, **kwargs)
+    return Runtime.from_pretrained(path_or_preset or DEFAULT_PRESET, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

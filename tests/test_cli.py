@@ -49,7 +49,7 @@ print('NO TORCH')
     assert "NO TORCH" in result.stdout
     assert "usage: seedx" in result.stdout
     assert "UNTRAINED" in result.stdout  # --help says plainly that the default model is untrained
-    for command in ("chat", "run", "smoke", "plugins", "sessions", "convert"):
+    for command in ("chat", "run", "smoke", "plugins", "sessions", "convert", "eval"):
         assert command in result.stdout
 
 
@@ -190,7 +190,7 @@ def test_chat_repl_through_stdin(tmp_path, capsys):
 
 def test_docs_cover_commands_script_and_transcript(demo):
     docs = (ROOT / "docs" / "cli.md").read_text()
-    for command in ("chat", "run", "smoke", "plugins", "sessions", "convert"):
+    for command in ("chat", "run", "smoke", "plugins", "sessions", "convert", "eval"):
         assert f"\n## seedx {command}\n" in docs
     for model in (cli.Script, cli.ScriptTurn):
         for field in model.model_fields:

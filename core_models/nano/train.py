@@ -93,7 +93,7 @@ class Plan:
     steps: dict = field(default_factory=lambda: dict(vit=2000, vae=6000, llm=6000, detok1=5000,
                                                      detok2=2500, lora=300))
     minutes: dict = field(default_factory=lambda: dict(vit=10, vae=40, llm=150, detok1=110,
-                                                       detok2=55, lora=40))
+                                                       detok2=55, lora=6))  # lora: per variant
     batch: dict = field(default_factory=lambda: dict(vit=64, vae=16, llm=24, detok1=32, detok2=32,
                                                      lora=16))
     lr: dict = field(default_factory=lambda: dict(vit=1e-3, vae=1e-3, llm=1e-3, detok1=5e-4,

@@ -233,7 +233,12 @@ def test_default_preset_follows_the_manifest(tmp_path):
     (tmp_path / presets.NANO_MANIFEST).write_text(
         json.dumps({"finished_stages": ["vit", "vae", "llm", "detok1"]}))
     assert presets.shipped_nano_finished(tmp_path) is True
-    expected = "nano" if presets.shipped_nano_finished() else "tiny"
+    assert presets.nano_meets_thresholds(tmp_path) is False  # trained is not good enough
+    (tmp_path / presets.NANO_MANIFEST).write_text(json.dumps(
+        {"finished_stages": ["vit", "vae", "llm", "detok1"], "meets_thresholds": True}))
+    assert presets.nano_meets_thresholds(tmp_path) is True
+    expected = ("nano" if presets.shipped_nano_finished() and presets.nano_meets_thresholds()
+                else "tiny")
     assert presets.DEFAULT_PRESET == expected
     from seedx_agent import cli
     assert cli.DEFAULT_MODEL == presets.DEFAULT_PRESET

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .files import write_json
+
 OFFICIAL_RESOLUTION_GRIDS = ["1x1", "1x2", "1x3", "2x1", "3x1", "1x4", "4x1", "2x2"]
 
 # configs/visual_encoder/qwen_vitg_448.yaml (n_queries and patch_pos take their defaults).
@@ -130,7 +132,8 @@ class SeedXConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Written whole or not at all: a tree's ``seedx_config.json`` is what sizes it."""
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SeedXConfig":

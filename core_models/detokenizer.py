@@ -26,15 +26,16 @@ exactly like upstream's ``init_pipe``.
 Progress and cancellation follow diffusers' step-callback contract:
 ``callback_on_step_end(adapter, step_index, timestep, callback_kwargs) -> dict`` is called after
 every step with ``callback_kwargs = {"latents": ...}``; a returned ``"latents"`` replaces the
-latents. Before every step the loop checks the ``interrupt`` argument (a ``threading.Event`` or a
-zero-argument callable) and the diffusers-style ``adapter._interrupt`` flag a callback may set.
-**Deliberate difference from diffusers:** an interrupted run raises ``DenoisingInterrupted``
-instead of silently skipping the remaining steps and decoding a half-denoised image.
+latents. Before every step the loop checks the ``cancel`` argument (a ``threading.Event`` or a
+zero-argument callable, the product's one name for cancellation, see `core_models.cancel`) and
+the diffusers-style ``adapter._interrupt`` flag a callback may set (diffusers' contract, kept so
+diffusers callbacks work unchanged). **Deliberate difference from diffusers:** a cancelled run
+raises ``DenoisingCancelled`` instead of silently skipping the remaining steps and decoding a
+half-denoised image.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +47,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from torch import nn
 
+from .cancel import CancelCheck, is_cancelled
 from .config import SeedXConfig
 from .detokenizer_resampler import ResamplerXLV2
 from .qwen_vit import image_transform, negative_pixel_values
@@ -60,17 +62,17 @@ UPSTREAM_IMAGE_GUIDANCE_SCALE = 1.5  # pipeline default, never overridden by SEE
 UPSTREAM_IMAGE_SIZE = 1024
 
 StepCallback = Callable[[Any, int, torch.Tensor, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-Interrupt = threading.Event | Callable[[], bool] | None
 
 
-class DenoisingInterrupted(RuntimeError):
-    """Raised when ``interrupt`` fires before step ``step_index`` of ``num_steps`` ran.
+class DenoisingCancelled(RuntimeError):
+    """Raised when ``cancel`` fires (or a callback sets ``_interrupt``) before step
+    ``step_index`` of ``num_steps`` ran.
 
     ``latents`` holds the (partially denoised) latents at that point, for callers that want them.
     """
 
     def __init__(self, step_index: int, num_steps: int, latents: torch.Tensor | None = None):
-        super().__init__(f"denoising interrupted before step {step_index} of {num_steps}")
+        super().__init__(f"denoising cancelled before step {step_index} of {num_steps}")
         self.step_index = step_index
         self.num_steps = num_steps
         self.latents = latents
@@ -91,14 +93,6 @@ def vit_down(features: torch.Tensor) -> torch.Tensor:
     This is how the MLLM's regression targets were made, so the de-tokenizer was trained on it.
     """
     return F.avg_pool1d(features.permute(0, 2, 1), kernel_size=4, stride=4).permute(0, 2, 1)
-
-
-def _is_set(interrupt: Interrupt) -> bool:
-    if interrupt is None:
-        return False
-    if isinstance(interrupt, threading.Event):
-        return interrupt.is_set()
-    return bool(interrupt())
 
 
 # =================================================================================================
@@ -259,7 +253,7 @@ class SDXLAdapter(nn.Module):
         width: int = UPSTREAM_IMAGE_SIZE,
         num_inference_steps: int = UPSTREAM_NUM_INFERENCE_STEPS,
         guidance_scale: float = UPSTREAM_GUIDANCE_SCALE, latents: torch.Tensor | None = None,
-        callback_on_step_end: StepCallback | None = None, interrupt: Interrupt = None,
+        callback_on_step_end: StepCallback | None = None, cancel: CancelCheck = None,
         output_type: str = "pil", original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
         target_size: tuple[int, int] | None = None,
@@ -288,7 +282,7 @@ class SDXLAdapter(nn.Module):
             return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
         latents = self._denoise(latents, num_inference_steps, predict_noise, generator,
-                                callback_on_step_end, interrupt)
+                                callback_on_step_end, cancel)
         return self.decode_latents(latents, output_type)
 
     def _branches(self, embeds: ImageEmbeds, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +296,7 @@ class SDXLAdapter(nn.Module):
     # --- the loop and its parts (shared by both stages) -------------------------------------------
     def _denoise(self, latents: torch.Tensor, num_inference_steps: int,
                  predict_noise: Callable, generator: torch.Generator | None,
-                 callback_on_step_end: StepCallback | None, interrupt: Interrupt) -> torch.Tensor:
+                 callback_on_step_end: StepCallback | None, cancel: CancelCheck) -> torch.Tensor:
         """Euler: for each timestep, predict (guided) noise and let the scheduler step.
 
         A fresh scheduler per call (same config) keeps concurrent runs from sharing step state.
@@ -315,8 +309,8 @@ class SDXLAdapter(nn.Module):
         self._interrupt = False
         self._num_timesteps = len(timesteps)
         for i, t in enumerate(timesteps):
-            if self._interrupt or _is_set(interrupt):
-                raise DenoisingInterrupted(i, len(timesteps), latents)
+            if self._interrupt or is_cancelled(cancel):
+                raise DenoisingCancelled(i, len(timesteps), latents)
             noise_pred = predict_noise(scheduler, latents, t)
             latents = scheduler.step(noise_pred, t, latents, generator=generator,
                                      return_dict=False)[0]
@@ -464,7 +458,7 @@ class SDXLAdapterWithLatentImage(SDXLAdapter):
         guidance_scale: float = UPSTREAM_GUIDANCE_SCALE,
         image_guidance_scale: float = UPSTREAM_IMAGE_GUIDANCE_SCALE,
         latents: torch.Tensor | None = None, callback_on_step_end: StepCallback | None = None,
-        interrupt: Interrupt = None, output_type: str = "pil",
+        cancel: CancelCheck = None, output_type: str = "pil",
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0), target_size: tuple[int, int] | None = None,
     ) -> list[Image.Image] | torch.Tensor:
@@ -501,7 +495,7 @@ class SDXLAdapterWithLatentImage(SDXLAdapter):
                     + image_guidance_scale * (eps_image - eps_uncond))
 
         latents = self._denoise(latents, num_inference_steps, predict_noise, generator,
-                                callback_on_step_end, interrupt)
+                                callback_on_step_end, cancel)
         return self.decode_latents(latents, output_type)
 
     def _branches(self, embeds: ImageEmbeds, do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor]:

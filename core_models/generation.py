@@ -15,6 +15,10 @@ text, and image features as soon as an image run closes. So the loop is written 
   ``<img_{Q-1}>`` then ``</img>`` (score = max + 10); elsewhere set the scores of those Q tokens
   and ``</img>`` to **0.0** (not -inf; ``suppress_with_neg_inf=True`` is the safer option).
 * ``generate`` reproduces the official one-shot call (greedy by default) on top of a session.
+* ``decode`` is the one decode loop (limits, cancellation, image runs, text deltas, boxes, the
+  result). It asks a ``TokenSource`` for each token and for the features of each closed image:
+  the session's source reads the LLM's logits, the replay kit (``seedx_agent.testing``) a
+  recording, so a replayed turn goes through exactly the loop a generated one does.
 
 The last sampled token is kept *pending*: it is in ``token_ids`` but only fed to the model when
 the next step (or the next ``prefill``) needs its logits, exactly like HF ``generate``, which
@@ -33,16 +37,36 @@ A runtime drives a multi-turn session like this::
 
 from __future__ import annotations
 
-import re
-import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
+from torch import nn
 from transformers import DynamicCache
 
-if TYPE_CHECKING:
-    from .mllm import ContinuousLVLM
+from .boxes import Box, parse_boxes
+from .cancel import CancelCheck, is_cancelled
+
+
+class AgentLike(Protocol):
+    """What generation needs from the agent (``mllm.ContinuousLVLM`` provides it).
+
+    Spelled out here rather than imported, so that the model may offer the official
+    ``ContinuousLVLM.generate`` on top of this module without the two importing each other.
+    """
+
+    llm: Any                      # transformers LlamaForCausalLM
+    output_resampler: nn.Module
+    add_patch_pos: bool
+
+    def decoder(self) -> nn.Module: ...
+
+    def lm_head(self, hidden_states: torch.Tensor) -> torch.Tensor: ...
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None = None,
+                     patch_positions: torch.Tensor | None = None,
+                     ids_cmp_mask: torch.Tensor | None = None,
+                     embeds_cmp_mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class TokenizerLike(Protocol):
@@ -60,9 +84,6 @@ class TokenizerLike(Protocol):
     box_end_token_id: int
 
     def decode(self, ids: Sequence[int]) -> str: ...
-
-
-CancelCheck = threading.Event | Callable[[], bool] | None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,27 +167,6 @@ class GeneratedImage:
 
 
 @dataclass
-class Box:
-    """A ``<box_start><loc-cx><loc-cy><loc-w><loc-h><box_end>`` group (224 bins per coordinate)."""
-
-    bins: list[int]         # the <loc-k> values in order; 4 when well-formed
-    phrase: str             # visible text between the previous box (or the start) and this box
-    closed: bool            # a <box_end> was seen
-
-    @property
-    def valid(self) -> bool:
-        return self.closed and len(self.bins) == 4 and all(0 <= b < 224 for b in self.bins)
-
-    def to_xyxy(self, width: float, height: float) -> tuple[float, float, float, float] | None:
-        """Pixel box as the scripts draw it (centre/size over the original width and height)."""
-        if not self.valid:
-            return None
-        cx, cy, w, h = (self.bins[0] / 224 * width, self.bins[1] / 224 * height,
-                        self.bins[2] / 224 * width, self.bins[3] / 224 * height)
-        return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-
-
-@dataclass
 class GenerationResult:
     generated_ids: list[int]
     text: str               # generated text: Q placeholders of each image and <img> removed, </img> kept
@@ -233,7 +233,7 @@ class GenerationSession:
     from one thread at a time; ``cancel`` is the only thing meant to be touched from outside.
     """
 
-    def __init__(self, model: "ContinuousLVLM", tokenizer: TokenizerLike):
+    def __init__(self, model: AgentLike, tokenizer: TokenizerLike):
         self.model = model
         self.tokenizer = tokenizer
         self.reset()
@@ -345,66 +345,12 @@ class GenerationSession:
         cancelled turn keeps its tokens unless ``rollback_on_cancel``. Stops after EOS (which stays
         pending, see the module doc). The last event carries the ``GenerationResult``.
         """
-        if not self.token_ids:
-            raise RuntimeError("empty session: prefill a prompt first")
-        tok = self.tokenizer
-        rule = ImageTokenForcing.from_tokenizer(tok, num_img_gen_tokens, suppress_with_neg_inf)
-        q = rule.num_img_tokens
-        start = len(self.token_ids)
-        box_open = _box_open(self.token_ids, tok.box_start_token_id, tok.box_end_token_id)
-        generated: list[int] = []
-        images: list[GeneratedImage] = []
-        raw: list[torch.Tensor] = []
-        processed: list[torch.Tensor] = []
-        text = _IncrementalText(tok.decode)
-        stop_reason = "length"
-
-        for step in range(max_new_tokens):
-            if _cancelled(cancel):
-                stop_reason = "cancelled"
-                break
-            logits = self.next_token_logits()
-            last = self.token_ids[-1]
-            forced = rule.forced_token(last)
-            if forced is None and force_image and step == 0:
-                forced = rule.boi_token_id
-            if record_logits:
-                raw.append(logits)
-                processed.append(rule.process(last, logits))
-            if forced is not None:
-                token = forced
-            else:
-                scores = processed[-1] if record_logits else rule.process(last, logits)
-                token = _choose(scores, do_sample, temperature, top_p, generator)
-            self.token_ids.append(token)  # pending until the next step needs its logits
-            generated.append(token)
-
-            image = None
-            if token == rule.eoi_token_id:
-                image = self._close_image(len(images), len(generated) - 1, rule)
-                if image is not None:
-                    images.append(image)
-            run = rule.run_position(token)
-            delta, replace = text.update(_visible_ids(generated, rule, images, open_run=True))
-            yield GenerationEvent(step=step, token_id=token, text=delta, replace_text=replace,
-                                  image_progress=None if run is None else (run, q), image=image)
-            if token == tok.eos_token_id:
-                stop_reason = "eos"
-                break
-
-        truncated = stop_reason != "eos" and bool(generated) and rule.run_position(generated[-1]) is not None
-        final_ids = _visible_ids(generated, rule, images, open_run=False)
-        delta, replace = text.update(final_ids, final=True)
-        result = GenerationResult(
-            generated_ids=generated, text=text.emitted, stop_reason=stop_reason, images=images,
-            image_truncated=truncated, boxes=parse_boxes(text.emitted, open_box=box_open),
-            start_length=start,
-            raw_logits=torch.stack(raw) if raw else None,
-            processed_scores=torch.stack(processed) if processed else None)
-        if stop_reason == "cancelled" and rollback_on_cancel:
-            self.crop(start)
-        yield GenerationEvent(step=len(generated), token_id=None, text=delta, replace_text=replace,
-                              result=result)
+        rule = ImageTokenForcing.from_tokenizer(self.tokenizer, num_img_gen_tokens, suppress_with_neg_inf)
+        source = _ModelTokens(self, rule, force_image=force_image, do_sample=do_sample,
+                              temperature=temperature, top_p=top_p, generator=generator,
+                              record_logits=record_logits)
+        yield from decode(self, source, rule, max_new_tokens, cancel=cancel,
+                          rollback_on_cancel=rollback_on_cancel)
 
     def generate(self, max_new_tokens: int = 120, **kwargs) -> GenerationResult:
         """Run ``stream`` to the end and return its result."""
@@ -413,30 +359,156 @@ class GenerationSession:
                 return event.result
         raise AssertionError("stream ended without a result")
 
-    @torch.no_grad()
-    def _close_image(self, index: int, eoi_index: int, rule: ImageTokenForcing) -> GeneratedImage | None:
-        """Features for the ``</img>`` just sampled: the Q cached positions before it.
 
-        Upstream slices rows ``[e-Q, e)`` of the generated-token hidden states for *every*
-        ``</img>``; here the window may reach back into the prompt (a run that started there).
-        """
-        q = rule.num_img_tokens
-        end = len(self.token_ids) - 1  # session position of </img>; positions < end are cached
-        if end < q:
-            return None
-        hidden = self._hidden[0, end - q:end]
-        resampler = self.model.output_resampler
-        features = resampler(hidden.unsqueeze(0).to(resampler.query.dtype))[0]
-        well_formed = self.token_ids[end - q:end] == rule.chain[1:-1]
-        return GeneratedImage(index=index, eoi_index=eoi_index, hidden_states=hidden,
-                              features=features, well_formed=well_formed)
+class _ModelTokens:
+    """The LLM's tokens: logits after the session's last token, the forcing rule, greedy or sampled.
+
+    Image features are the output resampler over the post-norm hidden states the session caches,
+    so closing an image costs no extra forward pass.
+    """
+
+    def __init__(self, session: GenerationSession, rule: ImageTokenForcing, *, force_image: bool,
+                 do_sample: bool, temperature: float, top_p: float,
+                 generator: torch.Generator | None, record_logits: bool):
+        self.session, self.rule = session, rule
+        self.force_image, self.record_logits = force_image, record_logits
+        self.sampling = (do_sample, temperature, top_p, generator)
+        self.raw: list[torch.Tensor] = []
+        self.processed: list[torch.Tensor] = []
+
+    def next_token(self, step: int) -> int:
+        logits = self.session.next_token_logits()
+        last = self.session.token_ids[-1]
+        forced = self.rule.forced_token(last)
+        if forced is None and self.force_image and step == 0:
+            forced = self.rule.boi_token_id
+        if self.record_logits:
+            self.raw.append(logits)
+            self.processed.append(self.rule.process(last, logits))
+        if forced is not None:
+            return forced
+        scores = self.processed[-1] if self.record_logits else self.rule.process(last, logits)
+        return _choose(scores, *self.sampling)
+
+    @torch.no_grad()
+    def image_states(self, index: int, end: int, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.session.hidden_states[0, end - q:end]
+        resampler = self.session.model.output_resampler
+        return hidden, resampler(hidden.unsqueeze(0).to(resampler.query.dtype))[0]
+
+    def scores(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        return (torch.stack(self.raw) if self.raw else None,
+                torch.stack(self.processed) if self.processed else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# the decode loop
+# ----------------------------------------------------------------------------------------------
+class TokenSource(Protocol):
+    """Where `decode` gets each token and each closed image's states from.
+
+    The session's source asks the LLM; the replay kit's plays a recording. Everything else about
+    a turn belongs to the loop, so both behave the same by construction.
+    """
+
+    def next_token(self, step: int) -> int:
+        """Token ``step`` of this turn (0-based), after the session's current last token."""
+
+    def image_states(self, index: int, end: int, q: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden_states (Q, hidden), features (Q, vit_dim))`` of image ``index`` of the turn,
+        whose ``</img>`` sits at session position ``end`` (its Q inputs are ``[end-Q, end)``)."""
+
+    def scores(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(raw_logits, processed_scores)`` recorded for the result, if any."""
+
+
+class DecodingState(Protocol):
+    """The part of a session the loop updates: its token ids, its tokenizer, rollback."""
+
+    token_ids: list[int]
+    tokenizer: TokenizerLike
+
+    def crop(self, num_tokens: int) -> None: ...
+
+
+def decode(session: DecodingState, source: TokenSource, rule: ImageTokenForcing,
+           max_new_tokens: int, *, cancel: CancelCheck = None,
+           rollback_on_cancel: bool = False) -> Iterator[GenerationEvent]:
+    """The decode loop of one turn: up to ``max_new_tokens`` tokens from ``source``, appended to
+    ``session.token_ids``, one `GenerationEvent` each, then the event carrying the result.
+
+    ``cancel`` is checked before every token; the turn stops after EOS (stop reasons ``"eos"``,
+    ``"length"``, ``"cancelled"``). On ``</img>`` the image closes with the source's states (when
+    Q positions precede it); text deltas hide ``<img>`` and each run's Q placeholders, and an
+    image run still open when the turn ends is ``image_truncated``.
+    """
+    if not session.token_ids:
+        raise RuntimeError("empty session: prefill a prompt first")
+    tok = session.tokenizer
+    q = rule.num_img_tokens
+    start = len(session.token_ids)
+    box_open = _box_open(session.token_ids, tok.box_start_token_id, tok.box_end_token_id)
+    generated: list[int] = []
+    images: list[GeneratedImage] = []
+    text = _IncrementalText(tok.decode)
+    stop_reason = "length"
+
+    for step in range(max_new_tokens):
+        if is_cancelled(cancel):
+            stop_reason = "cancelled"
+            break
+        token = source.next_token(step)
+        session.token_ids.append(token)  # pending until the next step needs its logits
+        generated.append(token)
+
+        image = None
+        if token == rule.eoi_token_id:
+            image = _close_image(session, source, rule, len(images), len(generated) - 1)
+            if image is not None:
+                images.append(image)
+        run = rule.run_position(token)
+        delta, replace = text.update(_visible_ids(generated, rule, images, open_run=True))
+        yield GenerationEvent(step=step, token_id=token, text=delta, replace_text=replace,
+                              image_progress=None if run is None else (run, q), image=image)
+        if token == tok.eos_token_id:
+            stop_reason = "eos"
+            break
+
+    truncated = stop_reason != "eos" and bool(generated) and rule.run_position(generated[-1]) is not None
+    delta, replace = text.update(_visible_ids(generated, rule, images, open_run=False), final=True)
+    raw_logits, processed_scores = source.scores()
+    result = GenerationResult(
+        generated_ids=generated, text=text.emitted, stop_reason=stop_reason, images=images,
+        image_truncated=truncated, boxes=parse_boxes(text.emitted, open_box=box_open),
+        start_length=start, raw_logits=raw_logits, processed_scores=processed_scores)
+    if stop_reason == "cancelled" and rollback_on_cancel:
+        session.crop(start)
+    yield GenerationEvent(step=len(generated), token_id=None, text=delta, replace_text=replace,
+                          result=result)
+
+
+def _close_image(session: DecodingState, source: TokenSource, rule: ImageTokenForcing,
+                 index: int, eoi_index: int) -> GeneratedImage | None:
+    """The image whose ``</img>`` was just appended: the Q positions before it.
+
+    Upstream slices rows ``[e-Q, e)`` of the generated-token hidden states for *every*
+    ``</img>``; here the window may reach back into the prompt (a run that started there).
+    """
+    q = rule.num_img_tokens
+    end = len(session.token_ids) - 1  # session position of </img>
+    if end < q:
+        return None
+    hidden, features = source.image_states(index, end, q)
+    well_formed = session.token_ids[end - q:end] == rule.chain[1:-1]
+    return GeneratedImage(index=index, eoi_index=eoi_index, hidden_states=hidden,
+                          features=features, well_formed=well_formed)
 
 
 # ----------------------------------------------------------------------------------------------
 # official one-shot generate
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model: "ContinuousLVLM", tokenizer: TokenizerLike, input_ids: torch.Tensor | Sequence[int],
+def generate(model: AgentLike, tokenizer: TokenizerLike, input_ids: torch.Tensor | Sequence[int],
              image_embeds: torch.Tensor | None = None, embeds_cmp_mask: torch.Tensor | None = None,
              ids_cmp_mask: torch.Tensor | None = None, patch_positions: torch.Tensor | None = None,
              *, max_new_tokens: int = 120, num_img_gen_tokens: int = 64, **stream_kwargs) -> GenerationResult:
@@ -460,44 +532,6 @@ def generate(model: "ContinuousLVLM", tokenizer: TokenizerLike, input_ids: torch
     session = GenerationSession(model, tokenizer)
     session.prefill(ids, embeds)
     return session.generate(max_new_tokens, num_img_gen_tokens=num_img_gen_tokens, **stream_kwargs)
-
-
-# ----------------------------------------------------------------------------------------------
-# boxes
-# ----------------------------------------------------------------------------------------------
-_BOX_TOKEN = re.compile(r"<box_start>|<box_end>|<loc-(\d+)>")
-_TAG = re.compile(r"<[^>]*>")
-
-
-def parse_boxes(text: str, open_box: bool = False) -> list[Box]:
-    """Boxes in generated text, tolerant of spaces between tokens (4.30 decoding inserts them).
-
-    ``open_box``: the prompt already ended inside a box (SEED-X pretrained grounding prompts end
-    with ``<box_start>``), so the text starts with its ``<loc-k>`` values. A ``<box_start>``
-    inside an open box closes it as unclosed; ``<loc-k>`` outside a box and a ``<box_end>`` without
-    a start (and no ``open_box``) are ignored; out-of-range or missing bins give ``valid=False``.
-    """
-    boxes: list[Box] = []
-    current: Box | None = Box([], "", False) if open_box else None
-    boundary = 0  # the phrase of a box is the tag-stripped text since the previous box tag
-    for m in _BOX_TOKEN.finditer(text):
-        token = m.group(0)
-        if token == "<box_start>":
-            if current is not None:
-                boxes.append(current)
-            current = Box([], _TAG.sub("", text[boundary:m.start()]).strip(), False)
-            boundary = m.end()
-        elif token == "<box_end>":
-            if current is not None:
-                current.closed = True
-                boxes.append(current)
-                current = None
-            boundary = m.end()
-        elif current is not None:
-            current.bins.append(int(m.group(1)))
-    if current is not None:
-        boxes.append(current)
-    return boxes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -564,14 +598,6 @@ def _choose(scores: torch.Tensor, do_sample: bool, temperature: float, top_p: fl
     if generator is not None:
         probs = probs.to(generator.device)
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _cancelled(cancel: CancelCheck) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
 
 
 def _box_open(token_ids: list[int], box_start: int, box_end: int) -> bool:

@@ -16,7 +16,8 @@ no copy of Llama here. What SEED-X adds around it is small and lives in this fil
 
 Parameter names are the official state-dict keys: ``llm.model.*``, ``llm.lm_head.weight``,
 ``input_resampler.*``, ``output_resampler.*``, ``patch_pos_embed``. Step-wise decoding (KV cache,
-forced image runs, streaming) is in ``generation.py``.
+forced image runs, streaming) is in ``generation.py``, which drives any model shaped like this one
+(``generation.AgentLike``); ``generate`` here is the official one-shot call on top of it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from . import generation
 from .resampler import Resampler
 
 if TYPE_CHECKING:
@@ -258,9 +260,7 @@ class ContinuousLVLM(nn.Module):
     # ------------------------------------------------------------------------------------------
     def generate(self, tokenizer, input_ids, **kwargs):
         """Official ``ContinuousLVLM.generate`` semantics; see ``generation.generate``."""
-        from .generation import generate
-
-        return generate(self, tokenizer, input_ids, **kwargs)
+        return generation.generate(self, tokenizer, input_ids, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------

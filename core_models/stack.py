@@ -137,17 +137,30 @@ def _has_diffusers_config(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "scheduler_config.json").is_file()
 
 
-def config_from_paths(paths: SeedXPaths) -> SeedXConfig:
+def config_from_paths(paths: SeedXPaths, config: SeedXConfig | None = None) -> SeedXConfig:
     """A ``SeedXConfig`` derived from the files where they say something, official otherwise.
 
     ``<root>/seedx_config.json`` (written by `SeedXStack.save_pretrained`; absent in the release)
     gives the base; the LLM ``config.json`` and the SDXL ``unet``/``vae``/``scheduler`` configs
     override it. ViT and resampler sizes have no config file in the release, so they are the
     official ones unless ``seedx_config.json`` says otherwise.
+
+    ``config``, when given, is returned as is: the caller knows the sizes (a custom-size tree
+    without ``seedx_config.json``), so planning and loading both take the one config. When the
+    derived sizes do not chain, the error says how to give them.
     """
+    if config is not None:
+        return config
+    saved = paths.root is not None and (paths.root / CONFIG_FILE).is_file()
+    try:
+        return SeedXConfig.from_dict(_config_entries(paths, saved))
+    except ValueError as exc:
+        raise ValueError(_sizes_do_not_chain(paths, saved, exc)) from exc
+
+
+def _config_entries(paths: SeedXPaths, saved: bool) -> dict[str, Any]:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
-    saved = paths.root is not None and (paths.root / CONFIG_FILE).is_file()
     base = json.loads((paths.root / CONFIG_FILE).read_text()) if saved else {}
     defaults = SeedXConfig.from_dict(base)
     if paths.llm is not None and (paths.llm / "config.json").is_file():
@@ -162,7 +175,17 @@ def config_from_paths(paths: SeedXPaths) -> SeedXConfig:
             vae_blocks = base["vae"].get("block_out_channels", defaults.vae["block_out_channels"])
             base["image_size"] = base["unet"].get("sample_size", defaults.unet["sample_size"]) * 2 ** (
                 len(vae_blocks) - 1)
-    return SeedXConfig.from_dict(base)
+    return base
+
+
+def _sizes_do_not_chain(paths: SeedXPaths, saved: bool, exc: ValueError) -> str:
+    where = paths.root if paths.root is not None else "the given paths"
+    why = (f"{where / CONFIG_FILE} and the component config files disagree" if saved else
+           f"{where} has no {CONFIG_FILE}, so the ViT and resampler sizes (which no other file "
+           f"records) were taken as the official SEED-X-17B ones")
+    return (f"{exc}\n{why}. Either pass config= (a SeedXConfig with this tree's sizes) to "
+            f"Runtime.from_pretrained / SeedXStack.from_pretrained, or put a {CONFIG_FILE} at the "
+            f"tree's root (SeedXConfig.save(root / '{CONFIG_FILE}') writes one).")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -383,6 +406,24 @@ class SeedXStack:
             adapter.init_pipe(vae=self.vae, scheduler=self._scheduler_factory(), vit=self.vit)
             self._detokenizers[stage] = adapter
         return self._detokenizers[stage]
+
+    def replace_loader(self, component: str, loader: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        """Build ``component`` with ``loader`` from now on; returns the loader it replaces.
+
+        ``"detokenizer"``: ``loader(stage)``; ``"vae"``: ``loader()``. A model whose release tree
+        lacks a part (a Nano still in training) can so supply a stand-in, or load the part from
+        elsewhere, and fall back to the returned loader for the parts it has. What the old loader
+        already built is forgotten (de-tokenizers hold the VAE, so a new VAE drops them too).
+        """
+        if component == "detokenizer":
+            previous, self._detokenizer_factory = self._detokenizer_factory, loader
+        elif component == "vae":
+            previous, self._vae_factory = self._vae_factory, loader
+            self._vae = None
+        else:
+            raise ValueError(f"component must be 'detokenizer' or 'vae', got {component!r}")
+        self._detokenizers.clear()
+        return previous
 
     @property
     def detokenizer_stage1(self) -> nn.Module:

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .files import atomic_write
+
 # A real tokenizer with the SEED-X token layout (toy 1000-piece SentencePiece model + the 330
 # SEED-X added tokens at 1000..1329), shipped so the untrained tiny stack speaks SEED-X prompts.
 TINY_TOKENIZER_DIR = Path(__file__).parent / "assets" / "tiny_tokenizer"
@@ -144,15 +146,17 @@ class SeedXTokenizer:
                    tokenizer_config=_read_json(folder / TOKENIZER_CONFIG_FILE))
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write the four files back, byte-identical to a folder 4.30.2 would have saved."""
+        """Write the four files back, byte-identical to a folder 4.30.2 would have saved (each
+        whole or absent, `core_models.files.atomic_write`)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / MODEL_FILE).write_bytes(self._model_proto)
-        (folder / ADDED_TOKENS_FILE).write_text(_dump_json(self.added_tokens), encoding="utf-8")
-        (folder / SPECIAL_TOKENS_MAP_FILE).write_text(_dump_json(self._special_tokens_map),
-                                                      encoding="utf-8")
-        (folder / TOKENIZER_CONFIG_FILE).write_text(_dump_json(self._tokenizer_config),
-                                                    encoding="utf-8")
+        files = {MODEL_FILE: self._model_proto,
+                 ADDED_TOKENS_FILE: _dump_json(self.added_tokens).encode("utf-8"),
+                 SPECIAL_TOKENS_MAP_FILE: _dump_json(self._special_tokens_map).encode("utf-8"),
+                 TOKENIZER_CONFIG_FILE: _dump_json(self._tokenizer_config).encode("utf-8")}
+        for name, data in files.items():
+            with atomic_write(folder / name) as tmp:
+                tmp.write_bytes(data)
 
     @staticmethod
     def _check_config(config: dict) -> None:

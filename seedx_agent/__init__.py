@@ -8,19 +8,25 @@ so the model-side names are resolved lazily on first use.
 
     runtime = seedx_agent.from_pretrained()                # default preset, or a SEED-X-17B folder
     session = runtime.open_session()
-    done = session.ask("Describe the image.", ["photo.jpg"])
+    done = session.ask("Describe the image.", ["photo.jpg"], seed=7)
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from core_models.boxes import LOC_BINS
+from core_models.files import atomic_write, write_json
+
 from .hookspecs import hookimpl
+from .presets import Preset, PresetError, default_preset
 from .skills import ActionResult, Skill, SkillContext, SkillReply, SkillRequest
+from .turn_options import RenderDefaults, TurnOptions
 from .types import (Action, ActionEvent, BoxFound, BoxPart, DenoiseStep, ErrorEvent, Event,
                     ImageDone, ImagePart, ImageStarted, Notice, Part, Provenance, TextDelta, TextPart,
                     TurnDone, parts_to_content_blocks)
-from .variants import PromptTemplate, ResidencyPolicy, Variant, VariantRegistry
+from .user_dir import user_dir
+from .variants import AdapterWeights, PromptTemplate, ResidencyPolicy, Variant, VariantRegistry
 
 __version__ = "0.1.0"
 
@@ -28,6 +34,7 @@ _LAZY = {
     "Runtime": ("seedx_agent.runtime", "Runtime"),
     "Session": ("seedx_agent.session", "Session"),
     "Placement": ("seedx_agent.placement", "Placement"),
+    "SkillHost": ("seedx_agent.skill_host", "SkillHost"),
     "SessionStore": ("seedx_agent.store", "SessionStore"),
     "TurnRecord": ("seedx_agent.store", "TurnRecord"),
     "SessionRecord": ("seedx_agent.store", "SessionRecord"),
@@ -36,17 +43,16 @@ _LAZY = {
 }
 
 
-def from_pretrained(path_or_preset: str | None = None, **kwargs: Any):
-    """Load a runtime: a preset (``"nano"``, ``"tiny"``; default `presets.DEFAULT_PRESET`) or a
-    SEED-X-17B folder.
+def from_pretrained(name_or_path: str | None = None, **kwargs: Any):
+    """Load a runtime: a preset by name (``"nano"``, ``"tiny"``, or one a plugin registers;
+    default `default_preset()`), else a SEED-X model folder.
 
-    Keyword arguments go to `seedx_agent.runtime.Runtime.from_pretrained` (``dtype``,
-    ``placement``, ``variant``, ``variants``, ``residency``).
+    Keyword arguments go to the preset, or to `seedx_agent.runtime.Runtime.from_pretrained`
+    (``config``, ``dtype``, ``placement``, ``variant``, ``variants``, ``residency``).
     """
-    from .presets import DEFAULT_PRESET
-    from .runtime import Runtime
+    from .presets import from_pretrained as load
 
-    return Runtime.from_pretrained(path_or_preset or DEFAULT_PRESET, **kwargs)
+    return load(name_or_path, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
@@ -59,9 +65,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "from_pretrained", "hookimpl", "Skill", "SkillContext", "SkillReply", "SkillRequest",
-    "ActionResult", "Action", "ActionEvent", "BoxFound", "BoxPart", "DenoiseStep", "ErrorEvent",
+    "from_pretrained", "hookimpl", "Preset", "PresetError", "default_preset",
+    "Skill", "SkillContext", "SkillReply", "SkillRequest", "ActionResult", "TurnOptions",
+    "RenderDefaults", "Action", "ActionEvent", "BoxFound", "BoxPart", "DenoiseStep", "ErrorEvent",
     "Event", "ImageDone", "ImagePart", "ImageStarted", "Notice", "Part", "Provenance", "TextDelta",
-    "TextPart", "TurnDone", "parts_to_content_blocks", "PromptTemplate", "ResidencyPolicy",
-    "Variant", "VariantRegistry", *_LAZY,
+    "TextPart", "TurnDone", "parts_to_content_blocks", "AdapterWeights", "PromptTemplate",
+    "ResidencyPolicy", "Variant", "VariantRegistry", "LOC_BINS", "atomic_write", "write_json",
+    "user_dir", *_LAZY,
 ]

@@ -11,18 +11,23 @@ hookimpl = HookimplMarker("seedx")
 
 
 @hookspec
+def register_presets(register):
+    """Register named models: call ``register(preset)`` with a ``seedx_agent.Preset``."""
+
+
+@hookspec
+def register_variants(register):
+    """Register model variants: call ``register(variant)`` with a ``seedx_agent.Variant``."""
+
+
+@hookspec
 def register_skills(register):
     """Register skills: call ``register(skill)`` with an instance of a ``Skill`` subclass."""
 
 
 @hookspec
-def register_variants(register):
-    """Register model variants: call ``register(variant)`` with a variant record for the runtime."""
-
-
-@hookspec
 def register_commands(cli):
-    """Add subcommands to the ``seedx`` CLI; ``cli`` is its argparse subparsers object."""
+    """Add commands to the ``seedx`` CLI; ``cli`` is its click group."""
 
 
 @hookspec

@@ -1,15 +1,16 @@
-"""The plugin manager, loaded from setuptools entry points of group ``seedx`` at import.
+"""The plugin manager: default plugins, then setuptools entry points of group ``seedx``.
 
-Built-in skills are installed through the same entry point as third-party ones (see
-pyproject.toml), so the plugin API is exercised every day and ``SEEDX_LOAD_PLUGINS`` can switch
-them off too.
+The default plugins (`DEFAULT_PLUGINS`: the ``tiny`` preset and the released SEED-X variants) are
+ordinary plugins that are always registered, as llm does with its own. Built-in skills and the
+Nano are installed through the same entry point as third-party plugins (see pyproject.toml), so
+the plugin API is exercised every day and ``SEEDX_LOAD_PLUGINS`` can switch them off too.
 
-* ``SEEDX_LOAD_PLUGINS=grounding,counter`` loads only those plugins (entry-point names, as
-  ``get_plugins()`` lists them); ``SEEDX_LOAD_PLUGINS=`` loads none. Useful to bisect a broken
-  install or to run with a known set.
+* ``SEEDX_LOAD_PLUGINS=grounding,nano`` loads only those entry points (names as ``get_plugins()``
+  lists them); ``SEEDX_LOAD_PLUGINS=`` loads none. Useful to bisect a broken install.
 * ``SEEDX_TRACE_PLUGINS=1`` prints every hook call, its arguments and its results to stderr.
 """
 
+import importlib
 import os
 import sys
 from importlib import metadata
@@ -18,6 +19,8 @@ from pprint import pformat
 import pluggy
 
 from seedx_agent import hookspecs
+
+DEFAULT_PLUGINS = ("seedx_agent.default_plugins.variants", "seedx_agent.default_plugins.tiny")
 
 pm = pluggy.PluginManager("seedx")
 pm.add_hookspecs(hookspecs)
@@ -51,15 +54,18 @@ def _trace_after(outcome, hook_name, hook_impls, kwargs):
     print(f"{hook_name} arguments after the call: {pformat(kwargs)}", file=sys.stderr)
 
 
-def get_plugins() -> list[dict]:
+def get_plugins(all: bool = False) -> list[dict]:
     """Every registered plugin: ``name``, ``package`` and ``version`` (None if not installed
-    from a distribution), and the ``hooks`` it implements."""
+    from a distribution), and the ``hooks`` it implements. Default plugins only with ``all``."""
     dists = dict(pm.list_plugin_distinfo())
     plugins = []
     for plugin in pm.get_plugins():
+        name = pm.get_name(plugin)
+        if name in DEFAULT_PLUGINS and not all:
+            continue
         dist = dists.get(plugin)
         plugins.append({
-            "name": pm.get_name(plugin),
+            "name": name,
             "package": dist.metadata["Name"] if dist else None,
             "version": dist.version if dist else None,
             "hooks": sorted(caller.name for caller in pm.get_hookcallers(plugin) or ()),
@@ -69,4 +75,6 @@ def get_plugins() -> list[dict]:
 
 if os.environ.get("SEEDX_TRACE_PLUGINS", "") not in ("", "0"):
     pm.add_hookcall_monitoring(_trace_before, _trace_after)
+for _name in DEFAULT_PLUGINS:
+    pm.register(importlib.import_module(_name), name=_name)
 load_plugins(os.environ.get("SEEDX_LOAD_PLUGINS"))

@@ -1,25 +1,25 @@
-"""What the CLI shows while it waits: a status line while a model loads, a bar per denoised image.
+"""What the CLI shows while it waits: a line while a model loads, a bar per image being denoised.
 
-Both write to stderr, so stdout carries only the conversation. On a terminal they animate (a
-spinner with the elapsed seconds, a tqdm bar per image); anywhere else (a pipe, a CI log) they
-print one plain line when the work ends, because carriage-return animations turn into noise in
-a log file. Nothing here imports torch.
+Both go to stderr, so stdout carries only the conversation. On a terminal, rich draws them (a
+spinner with the elapsed time; a bar with the steps and the time left) and clears them when the
+wait ends. Anywhere else (a pipe, a CI log) nothing animates, because carriage-return frames turn
+into noise in a log file. Either way every finished wait leaves one plain line saying what it
+was and how long it took. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-from tqdm import tqdm
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TaskID,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 
 from .types import DenoiseStep
-
-SPINNER = "|/-\\"
 
 
 def is_terminal(stream: TextIO) -> bool:
@@ -29,44 +29,50 @@ def is_terminal(stream: TextIO) -> bool:
         return False
 
 
-@contextmanager
-def status(message: str, stream: TextIO | None = None) -> Iterator[None]:
-    """Show ``message`` with a spinner and the elapsed time while the block runs, then how long
-    it took (or that it failed: the exception itself is the caller's to report)."""
-    stream = stream or sys.stderr
-    start = time.monotonic()
-    stop = threading.Event()
-    spinner = None
-    if is_terminal(stream):
-        def spin() -> None:
-            frame = 0
-            while not stop.wait(0.1):
-                stream.write(f"\r{SPINNER[frame % 4]} {message} {time.monotonic() - start:4.1f}s")
-                stream.flush()
-                frame += 1
+def _progress(stream: TextIO, *columns) -> Progress:
+    # No redirection: the conversation is written to stdout directly, and streamed text must not
+    # wait in rich's line buffer.
+    return Progress(*columns, console=Console(file=stream), transient=True,
+                    redirect_stdout=False, redirect_stderr=False)
 
-        spinner = threading.Thread(target=spin, name="seedx-status", daemon=True)
+
+@contextmanager
+def status(message: str, stream: TextIO | None = None,
+           animate: bool | None = None) -> Iterator[None]:
+    """Show ``message`` with a spinner and the elapsed time while the block runs, then one line:
+    done or failed, and how long it took (the exception itself is the caller's to report)."""
+    stream = stream or sys.stderr
+    animate = is_terminal(stream) if animate is None else animate
+    started = time.monotonic()
+    spinner = None
+    if animate:
+        spinner = _progress(stream, SpinnerColumn(), TextColumn("{task.description}"),
+                            TimeElapsedColumn())
+        spinner.add_task(message, total=None)
         spinner.start()
-    outcome = "failed"
+    outcome = "interrupted"
     try:
         yield
         outcome = "done"
+    except Exception:
+        outcome = "failed"
+        raise
     finally:
         if spinner is not None:
-            stop.set()
-            spinner.join()
-            stream.write("\r\033[K")  # clear the spinner line
-        stream.write(f"{message}: {outcome} in {time.monotonic() - start:.1f}s\n")
+            spinner.stop()
+        stream.write(f"{message}: {outcome} in {time.monotonic() - started:.1f}s\n")
         stream.flush()
 
 
 class DenoiseBars:
-    """One progress bar per image being denoised, fed with ``DenoiseStep`` events."""
+    """One bar per image being denoised, fed with ``DenoiseStep`` events; ``done(index)`` when
+    the image is finished (or abandoned)."""
 
     def __init__(self, stream: TextIO | None = None, animate: bool | None = None):
         self.stream = stream or sys.stderr
         self.animate = is_terminal(self.stream) if animate is None else animate
-        self._bars: dict[int, tqdm] = {}
+        self._bars: Progress | None = None
+        self._tasks: dict[int, TaskID] = {}
         self._started: dict[int, float] = {}
         self._steps: dict[int, tuple[int, int]] = {}
 
@@ -75,26 +81,35 @@ class DenoiseBars:
         if index not in self._started:
             self._started[index] = time.monotonic()
             if self.animate:
-                self._bars[index] = tqdm(total=event.total, desc=f"denoising image {index}",
-                                         unit="step", file=self.stream, leave=False,
-                                         dynamic_ncols=True)
+                if self._bars is None:
+                    self._bars = _progress(self.stream, TextColumn("{task.description}"),
+                                           BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                                           TimeElapsedColumn(), TimeRemainingColumn())
+                    self._bars.start()
+                self._tasks[index] = self._bars.add_task(f"denoising image {index}",
+                                                         total=event.total)
         self._steps[index] = (event.step, event.total)
-        bar = self._bars.get(index)
-        if bar is not None:
-            bar.update(event.step - bar.n)
+        if self._bars is not None and index in self._tasks:
+            self._bars.update(self._tasks[index], completed=event.step, total=event.total)
 
     def done(self, index: int) -> None:
-        """The image is finished (or abandoned): close its bar and say how long it took."""
-        bar = self._bars.pop(index, None)
-        if bar is not None:
-            bar.close()
+        """Close the image's bar and say how long it took."""
         started = self._started.pop(index, None)
         if started is None:
             return
+        task = self._tasks.pop(index, None)
+        if self._bars is not None and task is not None:
+            self._bars.remove_task(task)
+            if not self._tasks:
+                self._bars.stop()
+                self._bars = None
         step, total = self._steps.pop(index, (0, 0))
-        self.stream.write(f"denoised image {index}: {step}/{total} steps in "
-                          f"{time.monotonic() - started:.1f}s\n")
-        self.stream.flush()
+        line = f"denoised image {index}: {step}/{total} steps in {time.monotonic() - started:.1f}s"
+        if self._bars is not None:  # other bars still run: print above them, not through them
+            self._bars.console.print(line, markup=False, highlight=False)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         for index in list(self._started):

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .adapters import BASE_ALIAS, AdapterHost, adapter_names, adapter_variant
 from .placement import Placement
-from .variants import (ALL_GRIDS, AdapterWeights, PromptTemplate, ResidencyPolicy, Variant,
-                       VariantRegistry)
+from .turn_options import RenderDefaults, TurnOptions
+from .variants import ALL_GRIDS, ResidencyPolicy, Variant, VariantRegistry
 
 if TYPE_CHECKING:
     import torch
@@ -30,27 +31,10 @@ if TYPE_CHECKING:
     from core_models.stack import SeedXStack
 
     from .session import Session
-    from .skills import SkillHost
+    from .skill_host import SkillHost
     from .store import SessionStore
 
 logger = logging.getLogger(__name__)
-
-TINY_PRESET = "tiny"
-UNTRAINED_NOTICE = ("the 'tiny' preset is an UNTRAINED random-weight SEED-X stack: its text and "
-                    "images are noise; it exists to exercise the real code paths offline")
-ADAPTERS_DIRNAME = "adapters"
-BASE_ALIAS = "base"  # with adapters: the shared base LLM, every adapter disabled
-# How known adapter names run, unless the model folder says otherwise (``adapters/<name>`` plus
-# an optional ``variants`` entry in ``nano_manifest.json``): SEED-X-Edit's single-turn,
-# single-image editing on the stage-2 de-tokenizer, and try-on's person as the stage-2 condition.
-ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "seed_x_edit": dict(description="editing adapter: single-turn, one image, stage-2 de-tokenizer",
-                        detokenizer_stage=2, single_image_edit=True,
-                        template=PromptTemplate(multi_turn=False)),
-    "tryon": dict(description="try-on adapter: person + garment in, the person (the stage-2 "
-                              "condition) dressed out", detokenizer_stage=2),
-}
-
 
 class FifoLock:
     """A lock granted in arrival order (``threading.Lock`` makes no fairness promise)."""
@@ -89,13 +73,15 @@ class Runtime:
     def __init__(self, stack: "SeedXStack", *, name: str, placement: Placement,
                  variants: VariantRegistry | None = None, residency: ResidencyPolicy | None = None,
                  agent_loader: Callable[[Variant], Any] | None = None, untrained: bool = False,
-                 vit_cache_size: int = 256, skill_host: "SkillHost | None" = None):
+                 vit_cache_size: int = 256, skill_host: "SkillHost | None" = None,
+                 render_defaults: RenderDefaults | None = None):
         self.stack = stack
         self.name = name
         self.placement = placement
-        self.variants = variants or VariantRegistry()
+        self.variants = variants if variants is not None else VariantRegistry()
         self.residency = residency or ResidencyPolicy()
         self.untrained = untrained
+        self.render_defaults = render_defaults or RenderDefaults()  # a preset may set its own
         self._agent_loader = agent_loader
         self._agents: OrderedDict[str, Any] = OrderedDict({stack.variant: stack.agent})
         self._vit_cache: OrderedDict[tuple, EncodedImage] = OrderedDict()
@@ -106,64 +92,46 @@ class Runtime:
         self.adapters: AdapterHost | None = None   # peft adapters on the base LLM (adapters/)
         self.untrained_components: tuple[str, ...] = ()  # set by presets with untrained parts
         self.notice: str | None = None            # what the CLI banner says about this model
-        self.default_steps: int | None = None      # overrides default_num_inference_steps
         self.weights_fingerprint = _fingerprint(stack)
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path_or_preset: str | Path = TINY_PRESET, *, dtype: Any = None,
+    def from_pretrained(cls, path: str | Path, *, config: Any = None, dtype: Any = None,
                         placement: Placement | str | None = None, variant: str = "seed_x_i",
                         variants: VariantRegistry | None = None,
                         residency: ResidencyPolicy | None = None, progress: bool | None = None,
                         load_plugins: bool = True) -> "Runtime":
-        """Load the release layout at ``path_or_preset``, or build a preset (`seedx_agent.presets`:
-        ``"tiny"``, ``"nano"``).
+        """Load the model folder at ``path`` (the release layout; names such as ``"tiny"``
+        resolve in `seedx_agent.from_pretrained`, never here).
 
-        ``placement`` is a `Placement` (or its string form: "cpu", "cuda:0", "split:cuda:0,cuda:1",
-        "offload"); ``dtype`` overrides the placement's dtype. Variants registered by plugins
-        (``register_variants``) are added to ``variants``. A folder with ``adapters/<name>/``
-        (peft LoRA folders) gets one variant per adapter on the base LLM (`AdapterHost`).
+        ``config`` (a `SeedXConfig`) gives the sizes of a custom-size tree that has no
+        ``seedx_config.json``. ``placement`` is a `Placement` (or its string form: "cpu",
+        "cuda:0", "split:cuda:0,cuda:1", "offload"); ``dtype`` overrides the placement's dtype.
+        Variants come from the ``register_variants`` hook (the released three are a default
+        plugin); ``load_plugins=False`` uses just the released three. A folder with
+        ``adapters/<name>/`` (peft LoRA folders) gets one variant per adapter on the base LLM.
         """
-        from core_models.config import SeedXConfig
         from core_models.stack import SeedXStack
 
-        from . import presets
-
-        if str(path_or_preset) in presets.PRESETS and str(path_or_preset) != TINY_PRESET:
-            return presets.build(str(path_or_preset), dtype=dtype, placement=placement,
-                                 variant=variant, variants=variants, residency=residency,
-                                 progress=progress, load_plugins=load_plugins)
-        placement = Placement.parse(placement if placement is not None else "cpu")
-        torch_dtype = _resolve_dtype(dtype) if dtype is not None else placement.torch_dtype()
-        variants = variants or VariantRegistry()
-        if load_plugins:
-            from .plugins import pm
-            pm.hook.register_variants(register=variants.register)
-        if str(path_or_preset) == TINY_PRESET:
-            logger.warning(UNTRAINED_NOTICE)
-            stack = SeedXStack.from_config(SeedXConfig.tiny(), seed=0, dtype=torch_dtype,
-                                           device=placement.device_for("llm"), variant=variant)
-            # Every built-in variant is the same untrained network in this preset.
-            return cls(stack, name=TINY_PRESET, placement=placement, variants=variants,
-                       residency=residency, agent_loader=lambda v: stack.agent, untrained=True)
-        root = Path(path_or_preset)
+        root = Path(path)
         if not root.exists():
-            raise FileNotFoundError(f"no model folder at {root} (and it is not a preset: "
-                                    f"known presets: {', '.join(map(repr, presets.PRESETS))})")
-        device_map = _device_map(placement, root, variant, torch_dtype)
+            raise FileNotFoundError(f"no model folder at {root} (for a named model such as "
+                                    "'tiny' or 'nano' use seedx_agent.from_pretrained)")
+        placement = Placement.parse(placement if placement is not None else "cpu")
+        torch_dtype = _torch_dtype(dtype, placement)
+        variants = _variant_registry(variants, load_plugins)
+        device_map = _device_map(placement, root, variant, torch_dtype, config)
         stack = SeedXStack.from_pretrained(root, variant=variant, dtype=torch_dtype,
-                                           device_map=device_map, progress=progress,
+                                           device_map=device_map, progress=progress, config=config,
                                            offload_folder=placement.offload_folder)
 
         def load_agent(v: Variant) -> Any:
-            from core_models.checkpoint import SeedXPaths
+            from core_models.checkpoint import VARIANTS, SeedXPaths
             from core_models.stack import component_device_map, load_agent as _load
 
             if not isinstance(v.llm_path, str):
                 raise NotImplementedError(f"adapter variant {v.name!r}: its base "
                                           f"{v.llm_path.base!r} is not the loaded base LLM")
-            from core_models.checkpoint import VARIANTS
-
             if v.name in VARIANTS and v.llm is None and v.agent is None:
                 paths = SeedXPaths.resolve(root, v.name)
             else:  # a plugin's dense variant: its own folders under the same root
@@ -180,21 +148,38 @@ class Runtime:
         runtime.attach_adapters(root)
         return runtime
 
+    @classmethod
+    def from_config(cls, config: Any, *, name: str, tokenizer_dir: str | Path | None = None,
+                    seed: int = 0, dtype: Any = None, placement: Placement | str | None = None,
+                    variant: str = "seed_x_i", variants: VariantRegistry | None = None,
+                    residency: ResidencyPolicy | None = None, progress: bool | None = None,
+                    load_plugins: bool = True) -> "Runtime":
+        """An UNTRAINED runtime: random weights of the sizes in ``config`` (`SeedXStack.from_config`).
+
+        What the ``tiny`` preset is, and a Nano before its LLM is trained. Every variant runs the
+        same network (there is only one set of weights), and ``runtime.untrained`` says so.
+        """
+        from core_models.stack import SeedXStack
+
+        placement = Placement.parse(placement if placement is not None else "cpu")
+        stack = SeedXStack.from_config(config, tokenizer_dir=tokenizer_dir, seed=seed,
+                                       dtype=_torch_dtype(dtype, placement),
+                                       device=placement.device_for("llm"), variant=variant)
+        return cls(stack, name=name, placement=placement,
+                   variants=_variant_registry(variants, load_plugins), residency=residency,
+                   agent_loader=lambda v: stack.agent, untrained=True)
+
     def attach_adapters(self, root: str | Path) -> list[str]:
         """Register ``<root>/adapters/<name>/`` (peft LoRA folders) as variants on the base LLM.
 
-        Each becomes ``Variant(name, llm=AdapterWeights(base=<base>, path="adapters/<name>"))``,
-        replacing a same-named variant (a built-in ``seed_x_edit`` or ``seed_x_i``); settings
-        come from `ADAPTER_DEFAULTS` and an optional ``variants`` mapping in
-        ``nano_manifest.json``. All adapters are loaded onto the one base LLM now; ``"base"``
-        names the base with every adapter disabled. No ``adapters/`` folder: nothing changes.
+        Each becomes a variant with ``llm=AdapterWeights(base=<base>, path="adapters/<name>")``
+        (`seedx_agent.adapters.adapter_variant`), replacing a same-named one (a released
+        ``seed_x_edit`` or ``seed_x_i``). All adapters are loaded onto the one base LLM now;
+        ``"base"`` names the base with every adapter disabled. No ``adapters/``: nothing changes.
         """
-        folder = Path(root) / ADAPTERS_DIRNAME
-        names = sorted(p.name for p in folder.iterdir()
-                       if (p / "adapter_config.json").is_file()) if folder.is_dir() else []
+        names = adapter_names(Path(root))
         if not names:
             return []
-        settings = _manifest_variants(Path(root))
         base = self.stack.variant
         self.adapters = AdapterHost(self.stack.agent, base, Path(root))
         grids = tuple(self.config.resolution_grids) or ALL_GRIDS
@@ -202,13 +187,8 @@ class Runtime:
                                        f"adapters ({base}/), every adapter disabled",
                                        llm=None, resolution_grids=grids), replace=True)
         for name in names:
-            spec = dict(description=f"LoRA adapter {name} on {base}", resolution_grids=grids)
-            spec.update(ADAPTER_DEFAULTS.get(name, {}))
-            spec.update(settings.get(name, {}))
-            variant = Variant.model_validate(dict(
-                spec, name=name, llm=AdapterWeights(base=base, path=f"{ADAPTERS_DIRNAME}/{name}")))
-            self.variants.register(variant, replace=True)
-            self.adapters.load(name, Path(root) / ADAPTERS_DIRNAME / name)
+            self.variants.register(adapter_variant(Path(root), name, base, grids), replace=True)
+            self.adapters.load(name, Path(root) / "adapters" / name)
         self.adapters.activate(None)
         self.weights_fingerprint = _fingerprint(self.stack)
         return names
@@ -227,7 +207,7 @@ class Runtime:
     def skill_host(self) -> "SkillHost":
         if self._skill_host is None:
             from .plugins import pm
-            from .skills import SkillHost
+            from .skill_host import SkillHost
             self._skill_host = SkillHost(pm)
         return self._skill_host
 
@@ -310,39 +290,36 @@ class Runtime:
             self._vit_cache.popitem(last=False)
         return encoded
 
-    @property
-    def default_num_inference_steps(self) -> int:
-        """50 as in the official scripts; 4 for the untrained preset, whose images are noise; a
-        preset may set ``default_steps`` (the Nano: the steps it was evaluated with)."""
-        if self.default_steps is not None:
-            return self.default_steps
-        return 4 if self.untrained else 50
-
-    def render(self, features: "torch.Tensor", *, stage: int, seed: int, num_inference_steps: int,
-               guidance_scale: float, image_guidance_scale: float | None = None,
+    def render(self, features: "torch.Tensor", *, stage: int, options: TurnOptions,
                source: "Image.Image | None" = None,
-               on_step: Callable[[int, int], None] | None = None, interrupt: Any = None) -> "Image.Image":
+               on_step: Callable[[int, int], None] | None = None, cancel: Any = None) -> "Image.Image":
         """Features ``(Q, vit_dim)`` -> one PIL image with de-tokenizer ``stage`` (1 or 2).
 
-        Stage 2 conditions on ``source`` (SEED-X-Edit). The stage loads on first use. Raises
-        ``core_models.detokenizer.DenoisingInterrupted`` when ``interrupt`` fires.
+        ``options`` are the turn's, resolved against `render_defaults`: its ``seed``,
+        ``num_inference_steps``, ``guidance_scale`` and (stage 2) ``image_guidance_scale`` reach
+        the de-tokenizer under those names. Stage 2 conditions on ``source`` (SEED-X-Edit). The
+        stage loads on first use. Raises ``core_models.detokenizer.DenoisingCancelled`` when
+        ``cancel`` fires.
         """
+        options = options.resolved(self.render_defaults)
         with self.lock("detokenizer"):
             adapter = self.stack.detokenizer(stage)
             size = self.config.image_size
             param = next(adapter.parameters())
+            total = options.num_inference_steps
 
             def callback(pipe, step_index, timestep, callback_kwargs):
                 if on_step is not None:
-                    on_step(step_index + 1, num_inference_steps)
+                    on_step(step_index + 1, total)
                 return callback_kwargs
 
-            kwargs: dict[str, Any] = dict(seed=seed, height=size, width=size,
-                                          num_inference_steps=num_inference_steps,
-                                          guidance_scale=guidance_scale,
-                                          callback_on_step_end=callback, interrupt=interrupt)
+            kwargs: dict[str, Any] = dict(seed=options.seed, height=size, width=size,
+                                          num_inference_steps=options.num_inference_steps,
+                                          guidance_scale=options.guidance_scale,
+                                          callback_on_step_end=callback, cancel=cancel)
             if stage == 2:
-                kwargs.update(latent_image=source, image_guidance_scale=image_guidance_scale)
+                kwargs.update(latent_image=source,
+                              image_guidance_scale=options.image_guidance_scale)
             images = adapter.generate(image_embeds=features.unsqueeze(0).to(param.device, param.dtype),
                                       **kwargs)
             return images[0]
@@ -362,92 +339,27 @@ class Runtime:
         return about
 
 
-class AdapterHost:
-    """peft LoRA adapters on one base agent, switched per turn.
+def _torch_dtype(dtype: Any, placement: Placement):
+    from core_models.stack import resolve_dtype
 
-    ``PeftModel.from_pretrained`` / ``load_adapter`` inject the LoRA layers *into* the base
-    agent's LLM modules in place, so ``agent.llm`` stays the plain HF Llama every code path uses
-    (``get_decoder``, ``get_input_embeddings``); the peft wrapper is kept here only to switch:
-    ``activate(name)`` sets that adapter and enables the LoRA layers, ``activate(None)``
-    disables them (the base). Switching is a flag flip, no weights move. The active adapter is
-    runtime-wide state: set it and use the agent under the same ``lock("llm")``.
-    """
-
-    def __init__(self, agent: Any, base_variant: str, root: Path):
-        self.agent = agent
-        self.base_variant = base_variant
-        self.root = root
-        self.loaded: dict[str, str] = {}   # adapter name -> folder
-        self.active: str | None = None
-        self._peft: Any = None
-
-    def load(self, name: str, path: str | Path) -> None:
-        import warnings
-
-        from peft import PeftModel
-
-        with warnings.catch_warnings():  # peft asks transformers a deprecated question
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self.agent.llm, str(path),
-                                                       adapter_name=name, is_trainable=False)
-            else:
-                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        self.loaded[name] = str(path)
-        self.activate(self.active)  # loading never changes which adapter runs
-        self.agent.eval()
-
-    def adapter_for(self, spec: Variant) -> str | None | bool:
-        """The adapter ``spec`` runs with: a name, None (the base, adapters off) or False (not a
-        variant of this base). An adapter variant registered by a plugin (any folder under the
-        model root) is loaded on first use."""
-        if isinstance(spec.llm, AdapterWeights):
-            if spec.llm.base not in (self.base_variant, BASE_ALIAS):
-                return False
-            if spec.name not in self.loaded:
-                self.load(spec.name, self.root / spec.llm.path)
-            return spec.name
-        if spec.name in (self.base_variant, BASE_ALIAS):
-            return None
-        return False
-
-    def activate(self, name: str | None) -> None:
-        if self._peft is None:
-            return
-        lora = self._peft.base_model
-        if name is None:
-            lora.disable_adapter_layers()
-        else:
-            try:
-                lora.set_adapter(name, inference_mode=True)
-            except TypeError:  # peft < 0.17
-                lora.set_adapter(name)
-            lora.enable_adapter_layers()
-        self.active = name
+    return resolve_dtype(dtype) if dtype is not None else placement.torch_dtype()
 
 
-def _manifest_variants(root: Path) -> dict[str, dict[str, Any]]:
-    """Per-adapter variant settings from ``nano_manifest.json``'s optional ``variants`` mapping
-    (``{"tryon": {"detokenizer_stage": 2, "resolution_grids": ["1x1"]}}``)."""
-    import json
+def _variant_registry(variants: VariantRegistry | None, load_plugins: bool) -> VariantRegistry:
+    """The variants of a new runtime: ``variants`` (if given) plus what the ``register_variants``
+    hook registers, the hook called exactly once per runtime. Without plugins, and no
+    ``variants``: the released three."""
+    if not load_plugins:
+        return variants if variants is not None else VariantRegistry()
+    from .plugins import pm
 
-    path = root / "nano_manifest.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    variants = data.get("variants") if isinstance(data, dict) else None
-    return {k: dict(v) for k, v in variants.items() if isinstance(v, dict)} if isinstance(variants, dict) else {}
+    registry = variants if variants is not None else VariantRegistry(())
+    pm.hook.register_variants(register=registry.register)
+    return registry
 
 
-def _resolve_dtype(dtype: Any):
-    import torch
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+def _device_map(placement: Placement, root: Path, variant: str, dtype: Any, config: Any = None) -> Any:
 
-
-def _device_map(placement: Placement, root: Path, variant: str, dtype: Any) -> Any:
     """The stack-level device map for ``placement``.
 
     One device: that device. Split or offload: the ViT, the resamplers and the de-tokenizer on
@@ -462,7 +374,7 @@ def _device_map(placement: Placement, root: Path, variant: str, dtype: Any) -> A
     from core_models.checkpoint import SeedXPaths
     from core_models.stack import build_agent, config_from_paths
 
-    cfg = config_from_paths(SeedXPaths.resolve(root, variant))
+    cfg = config if config is not None else config_from_paths(SeedXPaths.resolve(root, variant))
     with init_empty_weights():
         agent = build_agent(cfg.llm, cfg.input_resampler, cfg.output_resampler, cfg.agent)
     primary = placement.primary_device

@@ -16,6 +16,15 @@ One turn, top to bottom (``Session.turn``):
    boxes on the right image, let the skills turn the parts into actions and run them;
 5. store the turn (when a store is attached) and emit ``TurnDone``.
 
+A turn that fails (a bad image, an unknown skill or variant, the model raising) ends with an
+``ErrorEvent`` and a ``TurnDone`` whose ``errors`` say why; it is recorded in ``history`` and in
+the store with ``status="failed"``, and never sent to the model again.
+
+What a turn may set is one `TurnOptions` (``seed``, ``num_inference_steps``, ``guidance_scale``,
+``edit``, ``skill``, …), given as keywords or as ``options=``; unset rendering values come from
+the model (``runtime.render_defaults``), and the resolved options travel unchanged to
+``Runtime.render`` and the de-tokenizer.
+
 KV cache rules: each turn's EOS is cropped before the next turn is appended (training puts a
 single EOS at the very end), prompts are encoded segment by segment as in training, and a
 cancelled or failed turn is rolled back so the cache holds exactly the finished turns. When the
@@ -33,12 +42,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from .reply_parser import ImageSlot, ParsedReply, ReplyParser
-from .types import (BoxPart, DenoiseStep, ErrorEvent, Event, ImageDone, ImagePart, Notice,
-                    Part, Provenance, TextPart, TurnDone)
+from .turn_options import TurnOptions
+from .types import (ActionEvent, BoxPart, DenoiseStep, ErrorEvent, Event, ImageDone, ImagePart,
+                    Notice, Part, Provenance, TextPart, TurnDone)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,9 +58,6 @@ if TYPE_CHECKING:
     from .store import SessionStore, TurnRecord
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SEED = 42  # upstream's de-tokenizer default; every image records the seed it used
-
 
 class TurnFailed(Exception):
     """Internal: ends a turn early with an error event; the session is left as it was."""
@@ -100,8 +108,13 @@ class Session:
                                               metadata={"model": runtime.name})
             self.record = record
             self.history = []
-        self.artifact_dir = Path(artifact_dir) if artifact_dir else (
-            Path(store.root) / "artifacts" / self.record.id if store is not None else None)
+        if artifact_dir is not None:
+            self.artifact_dir = Path(artifact_dir)
+        elif store is not None:
+            self.artifact_dir = Path(store.root) / "artifacts" / self.record.id
+        else:
+            from .user_dir import user_dir
+            self.artifact_dir = user_dir() / "artifacts" / self.record.id
 
     # --- public API -------------------------------------------------------------------------
     @property
@@ -112,31 +125,31 @@ class Session:
     def variant(self) -> str:
         return self.record.variant or self.runtime.stack.variant
 
-    def turn(self, text: str = "", images: Sequence[Any] = (), *, skill: str | None = None,
-             force_image: bool = False, edit: bool = False, variant: str | None = None,
-             about_image: bool | None = None, max_new_tokens: int | None = None,
-             seed: int | None = None, num_inference_steps: int | None = None,
-             guidance_scale: float = 7.5, image_guidance_scale: float = 1.5,
-             cancel: threading.Event | None = None,
-             on_event: Callable[[Event], None] | None = None) -> Iterator[Event]:
+    def turn(self, text: str = "", images: Sequence[Any] = (), options: TurnOptions | None = None,
+             *, cancel: threading.Event | None = None,
+             on_event: Callable[[Event], None] | None = None, **fields: Any) -> Iterator[Event]:
         """Run one turn; yields its events, the last one ``TurnDone``. Lazy: nothing runs until
-        iterated. ``images`` are paths, bytes or PIL images. ``on_event`` is called with every
-        event too. Setting ``cancel`` interrupts the LLM and the denoiser; the turn is then
-        rolled back and ends with ``finish_reason="cancelled"``."""
-        options = dict(text=text, images=list(images), skill=skill, force_image=force_image,
-                       edit=edit, variant=variant, about_image=about_image,
-                       max_new_tokens=max_new_tokens, seed=seed,
-                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                       image_guidance_scale=image_guidance_scale, cancel=cancel or threading.Event())
-        for event in self._turn(**options):
+        iterated. ``images`` are paths, bytes or PIL images. What the turn sets is ``options``
+        and/or the same `TurnOptions` fields as keywords (``seed=7``, ``guidance_scale=5``,
+        ``edit=True``, ``skill="grounding"``); a keyword overrides ``options``. ``on_event`` is
+        called with every event too. Setting ``cancel`` interrupts the LLM and the denoiser; the
+        turn is then rolled back and ends with ``finish_reason="cancelled"``."""
+        if isinstance(images, (TurnOptions, str)):
+            raise TypeError("images must be a sequence of images; pass options as options=…")
+        opts = options if options is not None else TurnOptions()
+        if fields:
+            opts = opts.merged(**fields)  # unknown or invalid fields fail here, before any work
+        for event in self._turn(text, list(images), opts, cancel or threading.Event()):
             if on_event is not None:
                 on_event(event)
             yield event
 
-    def ask(self, text: str = "", images: Sequence[Any] = (), **kwargs: Any) -> TurnDone:
-        """``turn`` run to the end; returns its ``TurnDone``."""
+    def ask(self, text: str = "", images: Sequence[Any] = (), options: TurnOptions | None = None,
+            **kwargs: Any) -> TurnDone:
+        """``turn`` run to the end; returns its ``TurnDone`` (``done.errors`` says why a turn
+        failed)."""
         done = None
-        for event in self.turn(text, images, **kwargs):
+        for event in self.turn(text, images, options, **kwargs):
             done = event
         assert isinstance(done, TurnDone)
         return done
@@ -166,15 +179,18 @@ class Session:
         return 0 if kv is None else len(kv)
 
     # --- one turn ---------------------------------------------------------------------------
-    def _turn(self, **o: Any) -> Iterator[Event]:
-        index = len(self.history)
+    def _turn(self, text: str, sources: list[Any], opts: TurnOptions,
+              cancel: threading.Event) -> Iterator[Event]:
+        work = _Work(index=len(self.history), text=text, options=opts, cancel=cancel)
         try:
-            inputs = self._load_inputs(o["images"])
-            variant = self._choose_variant(o)
-            yield from self._run(index, variant, inputs, o)
+            work.inputs = self._load_inputs(sources)
+            variant = self._choose_variant(opts)
+            yield from self._run(work, variant)
         except TurnFailed as exc:
-            yield ErrorEvent(source=exc.source, message=str(exc))
-            yield TurnDone(turn_index=index, finish_reason="error")
+            error = ErrorEvent(source=exc.source, message=str(exc))
+            work.errors.append(error)
+            yield error
+            yield from self._record_failed(work)
 
     def _load_inputs(self, sources: list[Any]) -> list[ImagePart]:
         from core_models.image_io import ImageInputError, content_hash, load_image
@@ -190,73 +206,74 @@ class Session:
             parts.append(ImagePart(image_id=image_id, width=image.width, height=image.height))
         return parts
 
-    def _choose_variant(self, o: dict[str, Any]):
+    def _choose_variant(self, opts: TurnOptions):
         registry = self.runtime.variants
-        if o["edit"]:
-            if o["variant"] is not None:
-                return registry.get(o["variant"])
+        if opts.variant is not None:
+            try:
+                return registry.get(opts.variant)
+            except KeyError as exc:
+                raise TurnFailed("variant", str(exc)) from None
+        if opts.edit:
             editors = [v for v in registry if v.single_image_edit]
             if not editors:
                 raise TurnFailed("variant", "no edit variant is registered")
             return editors[0]
-        if o["variant"] is not None:
-            try:
-                return registry.get(o["variant"])
-            except KeyError as exc:
-                raise TurnFailed("variant", str(exc)) from None
-        skill_name = o["skill"] or self.record.default_skill
+        skill_name = opts.skill or self.record.default_skill
         if skill_name is not None:
             try:
                 preferred = self.runtime.skill_host.get(skill_name).preferred_variant
-            except Exception as exc:  # unknown skill: reported once, by the prompt step
+            except Exception as exc:  # an unknown skill
                 raise TurnFailed("skills", str(exc)) from None
             if preferred is not None and preferred in registry:
                 return registry.get(preferred)
         return registry.get(self.variant)
 
-    def _run(self, index: int, variant, inputs: list[ImagePart], o: dict[str, Any]) -> Iterator[Event]:
+    def _run(self, work: "_Work", variant) -> Iterator[Event]:
         from .skills import SkillContext, SkillReply, SkillRequest
-        from .store import ModelContext, TurnRecord, TurnRequest
+        from .store import ModelContext, TurnRecord
 
-        edit = bool(o["edit"] or variant.single_image_edit)
+        opts, inputs = work.options, work.inputs
+        edit = bool(opts.edit or variant.single_image_edit)
         attached = list(inputs)
         latest = self.latest_image()
         if edit and not attached:
             if latest is None:
                 raise TurnFailed("input", "nothing to edit: give an image or generate one first")
             attached = [latest]
-        elif not attached and not o["force_image"] and latest is not None and latest.role != "input":
-            if o["about_image"] is not False:
+        elif not attached and not opts.force_image and latest is not None and latest.role != "input":
+            if opts.about_image is not False:
                 attached = [latest]  # the model cannot read back its own <img> run
         if edit and len(attached) != 1:
             raise TurnFailed("input", f"an edit turn takes exactly one image, got {len(attached)}")
+        work.attached = attached
 
-        request = SkillRequest(text=o["text"], images=tuple(attached), skill=o["skill"])
+        request = SkillRequest(text=work.text, images=tuple(attached), skill=opts.skill)
         try:
             instruction = self.runtime.skill_host.build_prompt(request, default_skill=self.record.default_skill)
         except Exception as exc:
             raise TurnFailed("skills", str(exc)) from None
 
-        max_new = o["max_new_tokens"] or self.max_new_tokens or variant.max_new_tokens
-        state: dict[str, Any] = {}
-        events = (self._edit_reply if edit else self._chat_reply)(
-            variant, instruction, attached, max_new, o, state)
+        max_new = opts.max_new_tokens or self.max_new_tokens or variant.max_new_tokens
+        events = (self._edit_reply if edit else self._chat_reply)(variant, instruction, max_new, work)
         cancelled = False
         try:
-            yield from events
+            for event in events:
+                if isinstance(event, Notice):
+                    work.notices.append(event)
+                yield event
         except _Cancelled:
             cancelled = True
         except TurnFailed:
             raise
         except Exception as exc:  # the model or the de-tokenizer failed: roll back, report
-            logger.exception("turn %d failed", index)
+            logger.exception("turn %d failed", work.index)
             raise TurnFailed("model", f"{type(exc).__name__}: {exc}") from None
 
-        parsed: ParsedReply | None = state.get("parsed")
+        parsed: ParsedReply | None = work.parsed
         parts: list[Part] = list(inputs)
         warnings: list[str] = []
         if parsed is not None:
-            parts += self._reply_parts(parsed, state.get("images", {}))
+            parts += self._reply_parts(parsed, work.images)
             warnings = list(parsed.warnings)
         reply = SkillReply(request=request, parts=tuple(parts))
         placed = iter(reply.placed_boxes())
@@ -264,44 +281,64 @@ class Session:
         on_parts = {w for p in parts for w in p.warnings}
         for warning in warnings:  # e.g. a dropped box: no part is left to carry its warning
             if warning not in on_parts:
-                yield Notice(message=f"reply: {warning}")
+                notice = Notice(message=f"reply: {warning}")
+                work.notices.append(notice)
+                yield notice
 
-        actions, errors = [], []
+        actions: list = []
         if not cancelled and parsed is not None:
-            context = SkillContext(artifact_dir=self._artifacts(index), get_image=self.get_image)
+            context = SkillContext(artifact_dir=self._artifacts(work.index), get_image=self.get_image)
             for event in self.runtime.skill_host.dispatch(SkillReply(request=request, parts=tuple(parts)),
                                                           context, default_skill=self.record.default_skill):
                 if isinstance(event, ErrorEvent):
-                    errors.append(event)
-                else:
+                    work.errors.append(event)
+                elif isinstance(event, ActionEvent):
                     actions.append(event.action)
+                    work.artifacts += [a for a in event.artifacts if a not in work.artifacts]
                 yield event
 
         finish = "cancelled" if cancelled else (parsed.finish_reason if parsed else "error")
-        reply_ids = tuple(state.get("reply_ids", ()))
         record = TurnRecord(
-            session_id=self.id, index=index,
-            request=TurnRequest(text=o["text"], image_ids=tuple(p.image_id for p in inputs),
-                                skill=o["skill"], force_image=o["force_image"], edit=edit,
-                                variant=variant.name),
-            parts=tuple(parts), actions=tuple(actions), errors=tuple(errors),
+            session_id=self.id, index=work.index, request=work.request(edit, variant.name),
+            parts=tuple(parts), actions=tuple(actions), errors=tuple(work.errors),
+            notices=tuple(work.notices), artifacts=tuple(work.artifacts),
             finish_reason=finish, variant=variant.name,
-            prompt_tokens=state.get("prompt_tokens", 0), reply_tokens=len(reply_ids),
+            prompt_tokens=work.prompt_tokens, reply_tokens=len(work.reply_ids),
             status="cancelled" if cancelled else "done",
             context=ModelContext(variant=variant.name, instruction=instruction,
                                  image_ids=tuple(p.image_id for p in attached),
                                  grids=tuple(variant.resolution_grids),
-                                 image_first=variant.template.image_first, reply_ids=reply_ids,
+                                 image_first=variant.template.image_first,
+                                 reply_ids=tuple(work.reply_ids),
                                  in_context=not edit and not cancelled))
+        yield from self._record(record, work)
+        for warning in warnings:
+            logger.info("turn %d: %s", work.index, warning)
+        yield TurnDone(turn_index=work.index, parts=tuple(parts), actions=tuple(actions),
+                       errors=tuple(work.errors), notices=tuple(work.notices),
+                       artifacts=tuple(work.artifacts), finish_reason=finish)
+
+    def _record_failed(self, work: "_Work") -> Iterator[Event]:
+        """A failed turn goes into the history and the store, marked failed and outside the
+        model's context (its request is kept, so the user can see and retry it)."""
+        from .store import TurnRecord
+
+        record = TurnRecord(session_id=self.id, index=work.index,
+                            request=work.request(bool(work.options.edit), work.options.variant),
+                            parts=tuple(work.inputs), errors=tuple(work.errors),
+                            notices=tuple(work.notices), finish_reason="error", status="failed",
+                            variant=work.options.variant, context=None)
+        yield from self._record(record, work)
+        yield TurnDone(turn_index=work.index, parts=tuple(work.inputs), errors=tuple(work.errors),
+                       notices=tuple(work.notices), finish_reason="error")
+
+    def _record(self, record: "TurnRecord", work: "_Work") -> Iterator[Event]:
         self.history.append(record)
         if self.store is not None:
             error = self._save(record)
             if error is not None:  # the turn still counts in memory; saving is retried next turn
+                work.errors.append(error)
                 yield error
-        for warning in warnings:
-            logger.info("turn %d: %s", index, warning)
-        yield TurnDone(turn_index=index, parts=tuple(parts), actions=tuple(actions),
-                       finish_reason=finish)
 
     def _save(self, record: "TurnRecord") -> ErrorEvent | None:
         """Append ``record`` and any earlier turn a failed save left behind, in order."""
@@ -322,9 +359,9 @@ class Session:
         return None
 
     # --- the model's side of a turn -----------------------------------------------------------
-    def _chat_reply(self, variant, instruction: str, images: list[ImagePart], max_new: int,
-                    o: dict[str, Any], state: dict[str, Any]) -> Iterator[Event]:
+    def _chat_reply(self, variant, instruction: str, max_new: int, work: "_Work") -> Iterator[Event]:
         rt = self.runtime
+        images = work.attached
         tok = rt.tokenizer
         with rt.lock("llm"):
             agent = rt.agent(variant.name)
@@ -348,9 +385,9 @@ class Session:
                 yield Notice(message=f"turn {dropped} left the model's context (limit {budget} "
                                      "tokens); it stays in the transcript")
             mark = len(kv)
-            state["prompt_tokens"] = len(ids)
+            work.prompt_tokens = len(ids)
             try:
-                yield from self._generate(agent, kv, ids, encoded, max_new, o, state)
+                yield from self._generate(agent, kv, ids, encoded, max_new, work)
             except BaseException:
                 kv.crop(mark)  # a cancelled or failed turn leaves the cache as it was
                 raise
@@ -358,37 +395,36 @@ class Session:
         condition = images[0] if variant.detokenizer_stage == 2 and images else None
         try:
             yield from self._render_images(variant, stage=variant.detokenizer_stage,
-                                           source=condition, o=o, state=state)
+                                           source=condition, work=work)
         except BaseException:
             kv.crop(mark)  # ... also when it is cancelled or fails while drawing its images
             raise
         self._kv_turns[variant.name] = self._kv_turns.get(variant.name, []) + [len(self.history)]
 
-    def _edit_reply(self, variant, instruction: str, images: list[ImagePart], max_new: int,
-                    o: dict[str, Any], state: dict[str, Any]) -> Iterator[Event]:
+    def _edit_reply(self, variant, instruction: str, max_new: int, work: "_Work") -> Iterator[Event]:
         rt = self.runtime
         tok = rt.tokenizer
-        source = images[0]
+        source = work.attached[0]
         with rt.lock("llm"):
             agent = rt.agent(variant.name)
             encoded = [rt.encode_image(self.get_image(source.image_id), source.image_id,
                                        variant.resolution_grids)]
             ids = [tok.bos_token_id] + tok.encode(
                 variant.template.render(self._instruction(variant, instruction, encoded), True))
-            state["prompt_tokens"] = len(ids)
+            work.prompt_tokens = len(ids)
             kv = rt.new_generation(agent)
-            yield from self._generate(agent, kv, ids, encoded, max_new, o, state)
-        yield from self._render_images(variant, stage=2, source=source, o=o, state=state)
+            yield from self._generate(agent, kv, ids, encoded, max_new, work)
+        yield from self._render_images(variant, stage=2, source=source, work=work)
 
     def _generate(self, agent, kv, ids: list[int], encoded: list, max_new: int,
-                  o: dict[str, Any], state: dict[str, Any]) -> Iterator[Event]:
+                  work: "_Work") -> Iterator[Event]:
         rt = self.runtime
         input_ids, embeds = self._embed(agent, ids, encoded)
         kv.prefill(input_ids, embeds)
         parser = ReplyParser(rt.tokenizer, num_img_tokens=rt.config.num_img_tokens)
         result = None
         for event in kv.stream(max_new, num_img_gen_tokens=rt.config.num_img_tokens,
-                               force_image=o["force_image"], cancel=o["cancel"]):
+                               force_image=work.options.force_image, cancel=work.cancel):
             if event.token_id is not None:
                 yield from parser.feed(event.token_id)
             if event.result is not None:
@@ -396,30 +432,27 @@ class Session:
         if result.stop_reason == "cancelled":
             raise _Cancelled()
         reason = {"eos": "eos", "length": "max_new_tokens"}[result.stop_reason]
-        state["parsed"] = parser.finish(reason)
+        work.parsed = parser.finish(reason)
         reply_ids = list(result.generated_ids)
         if reply_ids and reply_ids[-1] == rt.tokenizer.eos_token_id:
             kv.crop(-1)  # the next turn is appended without this EOS, as in training
             reply_ids.pop()
-        state["reply_ids"] = reply_ids
-        state["features"] = {im.eoi_index: im.features.detach() for im in result.images}
+        work.reply_ids = reply_ids
+        work.features = {im.eoi_index: im.features.detach() for im in result.images}
 
     def _render_images(self, variant, *, stage: int, source: ImagePart | None,
-                       o: dict[str, Any], state: dict[str, Any]) -> Iterator[Event]:
-        parsed: ParsedReply = state["parsed"]
+                       work: "_Work") -> Iterator[Event]:
         rt = self.runtime
-        seed = o["seed"] if o["seed"] is not None else DEFAULT_SEED
-        steps = o["num_inference_steps"] or rt.default_num_inference_steps
-        rendered: dict[int, ImagePart] = {}
-        for slot in parsed.image_slots:
-            features = state["features"].get(slot.end) if slot.complete else None
+        opts = work.options.resolved(rt.render_defaults)
+        # what the de-tokenizer was conditioned on (stage 2) or the LLM read (stage 1)
+        parents = tuple(dict.fromkeys(p.image_id for p in ([source] if source else []) + work.attached))
+        for slot in work.parsed.image_slots:
+            features = work.features.get(slot.end) if slot.complete else None
             if features is None:
                 continue
             src_image = self.get_image(source.image_id) if source is not None else None
             image = yield from _streamed(lambda emit: rt.render(
-                features, stage=stage, seed=seed, num_inference_steps=steps,
-                guidance_scale=o["guidance_scale"], image_guidance_scale=o["image_guidance_scale"],
-                source=src_image, interrupt=o["cancel"],
+                features, stage=stage, options=opts, source=src_image, cancel=work.cancel,
                 on_step=lambda i, n: emit(DenoiseStep(index=slot.run_index, step=i, total=n))))
             if src_image is not None:  # SEED-X-Edit renders squares; give back the source's shape
                 image = image.resize(_same_aspect(src_image.size, max(image.size)))
@@ -429,15 +462,14 @@ class Session:
                 image_id=image_id, width=image.width, height=image.height,
                 role="edited" if source is not None else "generated",
                 provenance=Provenance(
-                    model=rt.name, variant=variant.name, seed=seed, steps=steps,
-                    guidance=o["guidance_scale"],
-                    image_guidance=o["image_guidance_scale"] if stage == 2 else None,
+                    model=rt.name, variant=variant.name, seed=opts.seed,
+                    num_inference_steps=opts.num_inference_steps,
+                    guidance_scale=opts.guidance_scale,
+                    image_guidance_scale=opts.image_guidance_scale if stage == 2 else None,
                     scheduler="EulerDiscreteScheduler", detokenizer_stage=stage,
-                    weights_fingerprint=rt.weights_fingerprint,
-                    parent_image=source.image_id if source is not None else None))
-            rendered[slot.run_index] = part
+                    weights_fingerprint=rt.weights_fingerprint, parents=parents))
+            work.images[slot.run_index] = part
             yield ImageDone(index=slot.run_index, image=part)
-        state["images"] = rendered
 
     # --- helpers ----------------------------------------------------------------------------------
     def _reply_parts(self, parsed: ParsedReply, images: dict[int, ImagePart]) -> list[Part]:
@@ -531,14 +563,39 @@ class Session:
                 kv.prefill(list(ctx.reply_ids))
 
     def _artifacts(self, index: int) -> Path:
-        if self.artifact_dir is None:
-            import tempfile
-            self.artifact_dir = Path(tempfile.mkdtemp(prefix="seedx-artifacts-"))
         return self.artifact_dir / f"turn-{index:03d}"
 
 
 class _Cancelled(Exception):
     pass
+
+
+@dataclass
+class _Work:
+    """One turn in progress: what it was asked, and what the model side has produced so far."""
+
+    index: int
+    text: str
+    options: TurnOptions
+    cancel: threading.Event
+    inputs: list[ImagePart] = field(default_factory=list)    # the user's images
+    attached: list[ImagePart] = field(default_factory=list)  # what the model reads this turn
+    prompt_tokens: int = 0
+    parsed: ParsedReply | None = None
+    reply_ids: list[int] = field(default_factory=list)
+    features: dict[int, Any] = field(default_factory=dict)   # </img> position -> features
+    images: dict[int, ImagePart] = field(default_factory=dict)  # image run -> rendered part
+    errors: list[ErrorEvent] = field(default_factory=list)
+    notices: list[Notice] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)
+
+    def request(self, edit: bool, variant: str | None):
+        from .store import TurnRequest
+
+        o = self.options
+        return TurnRequest(text=self.text, image_ids=tuple(p.image_id for p in self.inputs),
+                           skill=o.skill, force_image=o.force_image, edit=edit, variant=variant,
+                           options=o.model_dump(exclude_defaults=True))
 
 
 def _streamed(work: Callable[[Callable[[Event], None]], Any]) -> Iterator[Event]:
@@ -547,7 +604,7 @@ def _streamed(work: Callable[[Callable[[Event], None]], Any]) -> Iterator[Event]
     The denoiser reports progress through a callback, but a turn is a generator: this bridges
     the two so that ``DenoiseStep`` events reach the caller while the image is being made.
     """
-    from core_models.detokenizer import DenoisingInterrupted
+    from core_models.detokenizer import DenoisingCancelled
 
     events: queue.SimpleQueue = queue.SimpleQueue()
     outcome: dict[str, Any] = {}
@@ -563,7 +620,7 @@ def _streamed(work: Callable[[Callable[[Event], None]], Any]) -> Iterator[Event]
     threading.Thread(target=run, name="seedx-render", daemon=True).start()
     while (item := events.get()) is not _streamed:
         yield item
-    if isinstance(outcome.get("error"), DenoisingInterrupted):
+    if isinstance(outcome.get("error"), DenoisingCancelled):
         raise _Cancelled()
     if "error" in outcome:
         raise outcome["error"]

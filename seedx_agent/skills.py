@@ -1,4 +1,4 @@
-"""Skills: plugins that turn what SEED-X said (typed parts) into actions, and carry them out.
+"""Skills: the contract between the agent and a plugin that acts on what SEED-X said.
 
 One turn, as a skill sees it::
 
@@ -7,19 +7,11 @@ One turn, as a skill sees it::
                                                                   (or ErrorEvent on any failure)
 
 A skill is a plain class whose capabilities are class attributes (``consumes``, ``deadline_s``,
-``action_types`` …), registered by a plugin through the ``register_skills(register)`` hook. The
-``SkillHost`` collects them, checks their declarations once (so a mistake is reported when the
-agent starts, naming the skill, not in the middle of a turn), picks the skills for a turn and
-dispatches the reply to them.
-
-Isolation. Skills are other people's code running inside the agent, so nothing a skill does may
-break a turn: an exception, a wrong return value, an invalid payload or a skill that never
-returns each become one ``ErrorEvent`` and the other skills still run. A skill's work for a turn
-(``to_actions`` and every ``run``) happens on its own daemon thread and the host stops waiting
-after ``deadline_s``. Python cannot kill a thread: an overrunning skill is *abandoned*, not
-stopped. It keeps running in the background until it returns or the process exits, and whatever
-it produces after the deadline is dropped. Being a daemon thread, it does not keep the process
-alive.
+``action_types`` …), registered by a plugin through the ``register_skills(register)`` hook. This
+module is what a skill author reads: the values a skill sees (`SkillRequest`, `SkillReply`,
+`SkillContext`, `ActionResult`) and the `Skill` class. `seedx_agent.skill_host.SkillHost`
+collects, checks and runs skills, each isolated on its own thread with a deadline;
+`seedx_agent.box_placement` decides which picture a box is on.
 
 Nothing here holds tensors; images are ``ImagePart`` records (content hash and size) and a skill
 that needs pixels asks ``context.get_image(image_id)`` for a PIL image.
@@ -29,26 +21,24 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import re
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
+from seedx_agent.box_placement import place_boxes
 from seedx_agent.hookspecs import hookimpl
-from seedx_agent.types import Action, ActionEvent, BoxPart, ErrorEvent, ImagePart, Part
+from seedx_agent.types import Action, BoxPart, ImagePart, Part
 
 if TYPE_CHECKING:
-    import pluggy
     from PIL import Image
 
-__all__ = ["PART_TYPES", "ActionResult", "Skill", "SkillContext", "SkillError", "SkillHost",
-           "SkillRegistrationError", "SkillReply", "SkillRequest", "hookimpl"]
+__all__ = ["PART_TYPES", "ActionResult", "Skill", "SkillContext", "SkillError",
+           "SkillRegistrationError", "SkillReply", "SkillRequest", "declaration_problems",
+           "hookimpl", "payload_version"]
 
 PART_TYPES = frozenset({"text", "box", "image"})
 """The part types a skill can declare in ``consumes`` (the ``type`` of each part in types.py)."""
@@ -108,38 +98,9 @@ class SkillReply(_Record):
         return None
 
     def placed_boxes(self) -> list[BoxPart]:
-        """Every box of the reply, placed in pixels on the image it refers to.
-
-        SEED-X's boxes are relative (224 bins) and do not say which picture they are on, so:
-
-        1. a box whose ``target_image`` the runtime already set keeps it;
-        2. otherwise it refers to the **last input image of the turn** (the picture the user
-           asked about: "where is the dog in this photo?");
-        3. a turn without input images can only be about a picture the model drew: the first
-           generated image after the box, else the last one before it;
-        4. otherwise (and for layout boxes on a ``canvas``) the box is returned unplaced
-           (``pixel_xyxy`` None).
-        """
-        placed = []
-        last_input = self.input_images[-1] if self.input_images else None
-        for i, part in enumerate(self.parts):
-            if not isinstance(part, BoxPart):
-                continue
-            box = part
-            if box.target_kind == "canvas" or (box.target_image and box.pixel_xyxy):
-                placed.append(box)
-                continue
-            target = self.image(box.target_image) if box.target_image else last_input
-            if target is None and not box.target_image:
-                after = [p for p in self.parts[i + 1:] if isinstance(p, ImagePart)]
-                before = [p for p in self.parts[:i] if isinstance(p, ImagePart)]
-                target = (after[:1] or before[-1:] or [None])[0]
-            if target is not None:
-                kind = "input" if target.role == "input" else "generated"
-                box = box.on(target.width, target.height, target_image=target.image_id,
-                             target_kind=kind)
-            placed.append(box)
-        return placed
+        """Every box of the reply, placed in pixels on the image it refers to
+        (`seedx_agent.box_placement.place_boxes` says how the image is chosen)."""
+        return place_boxes(self.parts, self.input_images)
 
 
 class ActionResult(_Record):
@@ -213,7 +174,7 @@ class Skill:
                              f"(declared: {sorted(self.action_types)})")
         if not isinstance(payload, model):
             payload = model.model_validate(payload)
-        return Action(skill=self.name, action=action_type, version=_version(model),
+        return Action(skill=self.name, action=action_type, version=payload_version(model),
                       payload=payload.model_dump(mode="json"))
 
     def parse_payload(self, action: Action) -> BaseModel:
@@ -221,11 +182,12 @@ class Skill:
         return self.action_types[action.action].model_validate(action.payload)
 
 
-def _version(model: type[BaseModel]) -> Any:
+def payload_version(model: type[BaseModel]) -> Any:
+    """The ``version`` a payload model declares (1 if it declares none)."""
     return getattr(model, "version", 1)
 
 
-def _declaration_problems(skill: Any) -> list[str]:
+def declaration_problems(skill: Any) -> list[str]:
     """Everything wrong with how ``skill`` declares itself, in words its author can act on."""
     if isinstance(skill, type) and issubclass(skill, Skill):
         return [f"register an instance, not the class: register({skill.__name__}())"]
@@ -253,207 +215,9 @@ def _declaration_problems(skill: Any) -> list[str]:
         for action_type, model in skill.action_types.items():
             if not (isinstance(model, type) and issubclass(model, BaseModel)):
                 problems.append(f"action_types[{action_type!r}] must be a pydantic model class")
-            elif not isinstance(_version(model), int) or _version(model) < 1:
+            elif not isinstance(payload_version(model), int) or payload_version(model) < 1:
                 problems.append(f"{model.__name__}.version must be an int >= 1")
     for method in ("to_actions", "run"):
         if getattr(type(skill), method) is getattr(Skill, method):
             problems.append(f"must implement {method}()")
     return problems
-
-
-def _qualname(obj: object) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-# --- the host ------------------------------------------------------------------------------------
-
-_DONE = object()
-
-
-class SkillHost:
-    """Collects skills from plugins and dispatches replies to them, one skill failing alone.
-
-    ``pm`` defaults to the plugin manager of ``seedx_agent.plugins`` (entry points loaded).
-    """
-
-    def __init__(self, pm: pluggy.PluginManager | None = None):
-        if pm is None:
-            from seedx_agent.plugins import pm
-        self.pm = pm
-        self._skills: dict[str, Skill] = {}
-        pm.hook.register_skills(register=self.register)
-
-    def __repr__(self) -> str:
-        return f"<SkillHost skills={list(self.skills)}>"
-
-    @property
-    def skills(self) -> dict[str, Skill]:
-        """The registered skills by name, sorted by name (a copy)."""
-        return dict(sorted(self._skills.items()))
-
-    def register(self, skill: Skill) -> None:
-        """Add one skill; the ``register`` callback that ``register_skills`` hooks receive.
-
-        The same skill class registered twice (a plugin loaded under two names) counts once; a
-        different skill under a name that is taken is an error, since silently picking one would
-        make the agent's behaviour depend on install order.
-        """
-        problems = _declaration_problems(skill)
-        if problems:
-            where = _qualname(skill) if isinstance(skill, Skill) else repr(skill)
-            raise SkillRegistrationError(f"bad skill {where}: " + "; ".join(problems))
-        existing = self._skills.get(skill.name)
-        if existing is not None and type(existing) is not type(skill):
-            raise SkillRegistrationError(
-                f"skill name {skill.name!r} is registered twice, by {_qualname(existing)} and "
-                f"{_qualname(skill)}; uninstall one, or choose plugins with SEEDX_LOAD_PLUGINS")
-        self._skills.setdefault(skill.name, skill)
-
-    def get(self, name: str) -> Skill:
-        try:
-            return self._skills[name]
-        except KeyError:
-            raise SkillError(f"no skill named {name!r}; installed: "
-                             f"{', '.join(self._skills) or 'none'}") from None
-
-    def build_prompt(self, request: SkillRequest, *, default_skill: str | None = None) -> str:
-        """The prompt for ``request``: phrased by the turn's (or session's) skill, if any."""
-        name = request.skill or default_skill
-        if name is None:
-            return request.text
-        skill = self.get(name)
-        try:
-            prompt = skill.build_prompt(request)
-        except Exception as exc:
-            raise SkillError(f"skill {name!r} failed to build its prompt: {exc!r}") from exc
-        if prompt is not None and not isinstance(prompt, str):
-            raise SkillError(f"skill {name!r}: build_prompt returned {type(prompt).__name__}, "
-                             "not a str or None")
-        return request.text if prompt is None else prompt
-
-    def select(self, reply: SkillReply, *, default_skill: str | None = None) -> list[Skill]:
-        """The skills for this turn: the one the turn names, else the session's default skill,
-        else every skill that consumes one of the reply's part types (sorted by name)."""
-        name = reply.request.skill or default_skill
-        if name is not None:
-            return [self.get(name)]
-        kinds = reply.part_types
-        return [skill for skill in self.skills.values() if skill.consumes & kinds]
-
-    def parse_payload(self, action: Action) -> BaseModel | dict[str, Any]:
-        """A stored action's payload as its skill's model, or the plain dict when that skill (or
-        that action type and version) is not installed: old sessions stay readable."""
-        skill = self._skills.get(action.skill)
-        model = skill.action_types.get(action.action) if skill else None
-        if model is None or _version(model) != action.version:
-            return dict(action.payload)
-        return model.model_validate(action.payload)
-
-    def dispatch(self, reply: SkillReply, context: SkillContext, *,
-                 default_skill: str | None = None) -> Iterator[ActionEvent | ErrorEvent]:
-        """Run the selected skills on ``reply``; yields an ``ActionEvent`` per action that ran
-        and an ``ErrorEvent`` per failure, in order, and never raises for a skill's fault."""
-        try:
-            skills = self.select(reply, default_skill=default_skill)
-        except SkillError as exc:
-            yield ErrorEvent(source="skills", message=str(exc))
-            return
-        for skill in skills:
-            yield from self._dispatch_one(skill, reply, context)
-
-    def _dispatch_one(self, skill: Skill, reply: SkillReply,
-                      context: SkillContext) -> Iterator[ActionEvent | ErrorEvent]:
-        source = f"skill:{skill.name}"
-        skill_context = context.for_skill(skill.name)
-        events: queue.SimpleQueue = queue.SimpleQueue()
-
-        def work() -> None:
-            try:
-                for item in self._work(skill, reply, skill_context):
-                    events.put(item)
-            except BaseException as exc:  # noqa: BLE001 - even SystemExit must not end the turn
-                events.put((ErrorEvent(source=source, message=f"failed: {exc!r}"), None))
-            finally:
-                events.put(_DONE)
-
-        deadline = time.monotonic() + skill.deadline_s
-        threading.Thread(target=work, name=f"seedx-skill-{skill.name}", daemon=True).start()
-        while True:
-            try:
-                # timeout 0 still returns what is already queued, so a slow consumer of these
-                # events does not turn a skill that finished in time into a late one
-                item = events.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                skill_context.logger.error("abandoned after its %gs deadline", skill.deadline_s)
-                yield ErrorEvent(source=source, message=(
-                    f"did not finish within its deadline of {skill.deadline_s:g} s and was "
-                    "abandoned (its thread cannot be stopped and may still be running)"))
-                return
-            if item is _DONE:
-                return
-            event, result = item
-            if result is not None:
-                context.results.append(result)
-            yield event
-
-    def _work(self, skill: Skill, reply: SkillReply,
-              context: SkillContext) -> Iterator[tuple[ActionEvent | ErrorEvent, Any]]:
-        """A skill's whole turn, on its worker thread: to_actions, then check and run each."""
-        source = f"skill:{skill.name}"
-
-        def error(message: str, exc: BaseException | None = None):
-            context.logger.error(message, exc_info=exc)
-            return ErrorEvent(source=source, message=message), None
-
-        try:
-            actions = skill.to_actions(reply)
-        except Exception as exc:
-            yield error(f"to_actions raised {exc!r}", exc)
-            return
-        if not isinstance(actions, (list, tuple)):
-            yield error(f"to_actions returned {type(actions).__name__}, not a list of Action")
-            return
-        for action in actions:
-            try:
-                action = self._checked(skill, action)
-            except SkillError as exc:
-                yield error(str(exc))
-                continue
-            try:
-                context.artifact_dir.mkdir(parents=True, exist_ok=True)
-                result = skill.run(action, context)
-            except Exception as exc:
-                yield error(f"run({action.action!r}) raised {exc!r}", exc)
-                continue
-            if result is None:
-                result = ActionResult()
-            if not isinstance(result, ActionResult):
-                yield error(f"run({action.action!r}) returned {type(result).__name__}, "
-                            "not an ActionResult")
-                continue
-            for warning in result.warnings:
-                context.logger.warning("%s: %s", action.action, warning)
-            yield ActionEvent(action=action), result.model_copy(update={"action": action})
-
-    @staticmethod
-    def _checked(skill: Skill, action: Any) -> Action:
-        """``action`` with its payload validated (and normalised) by the skill's own model."""
-        if not isinstance(action, Action):
-            raise SkillError(f"to_actions returned a {type(action).__name__}, not an Action")
-        if action.skill != skill.name:
-            raise SkillError(f"action {action.action!r} claims to be from skill {action.skill!r}")
-        model = skill.action_types.get(action.action)
-        if model is None:
-            raise SkillError(f"action type {action.action!r} is not declared in action_types")
-        if action.version != _version(model):
-            raise SkillError(f"action {action.action!r} has version {action.version}, "
-                             f"{model.__name__} is version {_version(model)}")
-        try:
-            payload = model.model_validate(action.payload)
-        except ValidationError as exc:
-            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                                for e in exc.errors())
-            raise SkillError(f"invalid {action.action!r} payload: {details}") from None
-        return Action(skill=action.skill, action=action.action, version=action.version,
-                      payload=payload.model_dump(mode="json"))

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,20 +38,19 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core_models.image_io import ImageInputError, content_hash, load_image, to_rgb
-from seedx_agent.types import Action, BoxPart, ErrorEvent, ImagePart, Part
+from core_models.files import atomic_write
+from seedx_agent.types import Action, BoxPart, ErrorEvent, ImagePart, Notice, Part
 
 __all__ = ["ForkPoint", "SessionNotFound", "SessionRecord", "SessionStore", "StoreError",
            "TurnRecord", "TurnRequest", "content_hash"]
 
-RECORD_SCHEMA_VERSION = 1
-"""Version of the JSON records below; bumped when a stored record would no longer validate."""
+RECORD_SCHEMA_VERSION = 2
+"""Version of the JSON records below; bumped when a stored record would no longer validate.
+2: turns keep their notices and artifact paths, a failed turn is stored (``status="failed"``),
+and provenance uses the turn options' names (`seedx_agent.types.SCHEMA_VERSION`)."""
 
-STORE_SCHEMA_VERSION = 1
-"""Version of the SQLite layout. ``MIGRATIONS[n]`` upgrades a store from ``n`` to ``n + 1``."""
-
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
-"""Migration hook: each step runs inside the opening transaction, so a failed upgrade changes
-nothing. Looked up at open time, so tests (and future versions) can register steps."""
+STORE_SCHEMA_VERSION = 2
+"""Version of the store. ``MIGRATIONS[n]`` upgrades a store from ``n`` to ``n + 1``."""
 
 DB_NAME = "sessions.sqlite3"
 IMAGES_DIR = "images"
@@ -113,8 +109,9 @@ class ModelContext(_Record):
 class TurnRecord(_Record):
     """One finished (or abandoned) turn: the request and everything the model and skills made.
 
-    Cancelled and failed turns are stored too, so a crash report or a retry can see them; the
-    agent drops them from the prompt and ``rollback_turn`` removes them when the user retries.
+    Cancelled and failed turns are stored too, with their errors, so a crash report or a retry
+    can see them; the agent never sends them to the model again (a failed turn has no
+    ``context``) and ``rollback_turn`` removes them when the user retries.
     """
 
     session_id: str
@@ -123,6 +120,8 @@ class TurnRecord(_Record):
     parts: tuple[Part, ...] = ()
     actions: tuple[Action, ...] = ()
     errors: tuple[ErrorEvent, ...] = ()
+    notices: tuple[Notice, ...] = ()
+    artifacts: tuple[str, ...] = ()  # files the turn's skills wrote
     finish_reason: Literal["eos", "max_new_tokens", "cancelled", "error"] = "eos"
     variant: str | None = None
     prompt_tokens: int = Field(default=0, ge=0)
@@ -142,8 +141,8 @@ class TurnRecord(_Record):
         for part in self.parts:
             if isinstance(part, ImagePart):
                 ids.append(part.image_id)
-                if part.provenance is not None and part.provenance.parent_image:
-                    ids.append(part.provenance.parent_image)
+                if part.provenance is not None:
+                    ids.extend(part.provenance.parents)
             elif isinstance(part, BoxPart) and part.target_image:
                 ids.append(part.target_image)
         return list(dict.fromkeys(ids))
@@ -180,20 +179,6 @@ def _canonical_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "RGB" and "transparency" not in image.info:
         return image
     return to_rgb(image)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -357,19 +342,9 @@ class SessionStore:
         return image_id
 
     def _write_image_file(self, image: Image.Image, path: Path) -> None:
-        """Temp file, fsync, atomic rename, fsync the directory: never a half-written PNG."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem[:8]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                image.save(f, format="PNG")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        """Whole or absent (`core_models.files.atomic_write`): never a half-written PNG."""
+        with atomic_write(path) as tmp:
+            image.save(tmp, format="PNG")
 
     def _file_matches(self, path: Path, image_id: str) -> bool:
         try:
@@ -550,8 +525,8 @@ class SessionStore:
     def export(self, session_id: str, dest_dir: Path | str) -> Path:
         """Write ``dest_dir/transcript.json`` and ``dest_dir/images/<id>.png``; returns dest_dir.
 
-        Everything is written into a temporary sibling directory that is renamed into place at
-        the end, so ``dest_dir`` either holds a complete export or does not exist. Images are
+        Everything is written into a hidden sibling directory that is renamed into place at the
+        end (`atomic_write`), so ``dest_dir`` either holds a complete export or does not exist. Images are
         verified on the way out, so an export never ships a corrupt picture.
         """
         dest = Path(dest_dir)
@@ -560,9 +535,7 @@ class SessionStore:
         with self._read() as db:  # one snapshot: no turn appended between the two reads
             session = self._session(db, session_id)
             turns = self._turns(db, session_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-        try:
+        with atomic_write(dest, directory=True) as tmp:
             (tmp / IMAGES_DIR).mkdir()
             for image_id in dict.fromkeys(i for t in turns for i in t.image_ids()):
                 data, _ = self._read_verified(image_id)
@@ -575,12 +548,6 @@ class SessionStore:
             }
             (tmp / TRANSCRIPT_NAME).write_text(json.dumps(transcript, indent=2,
                                                           ensure_ascii=False))
-            if dest.exists():
-                dest.rmdir()  # empty (checked above); rename cannot replace a directory portably
-            os.rename(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return dest
 
     # -- helpers
@@ -592,3 +559,32 @@ class SessionStore:
         except ValidationError as exc:
             raise StoreError(f"stored {what} does not validate as {model.__name__}: {exc}"
                              ) from exc
+
+
+# --- migrations ---------------------------------------------------------------------------------
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Store 1 -> 2: rewrite every turn row with today's field names (provenance ``steps`` ->
+    ``num_inference_steps``, ``guidance`` -> ``guidance_scale``, ``image_guidance`` ->
+    ``image_guidance_scale``, ``parent_image`` -> ``parents``) and record schema 2. The records'
+    own validators read version 1; this makes the rows say version 2 so they are read once."""
+    rows = db.execute("SELECT session_id, idx, record FROM turns").fetchall()
+    for session_id, idx, raw in rows:
+        data = json.loads(raw)
+        data["schema_version"] = RECORD_SCHEMA_VERSION
+        try:
+            record = TurnRecord.model_validate(data)
+        except ValidationError as exc:
+            raise StoreError(f"migrating session {session_id} turn {idx} to store schema 2: "
+                             f"{exc}") from exc
+        db.execute("UPDATE turns SET record=? WHERE session_id=? AND idx=?",
+                   (record.model_dump_json(), session_id, idx))
+    for session_id, raw in db.execute("SELECT id, record FROM sessions").fetchall():
+        data = json.loads(raw)
+        data["schema_version"] = RECORD_SCHEMA_VERSION
+        db.execute("UPDATE sessions SET record=? WHERE id=?", (json.dumps(data), session_id))
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1_to_2}
+"""Each step runs inside the opening transaction, so a failed upgrade changes nothing. Looked up
+at open time, so tests (and future versions) can register steps."""

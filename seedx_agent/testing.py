@@ -21,7 +21,8 @@ session and the LLM) for ``ReplayGeneration``, which keeps the token ids a sessi
 order, across every session on that runtime. The ViT and the input resampler still run on the
 prompt's images, so turns behave exactly like real ones, only faster.
 
-What a replay honours, like ``core_models.generation.GenerationSession.stream`` does:
+A replay goes through the real decode loop (``core_models.generation.decode``) with the
+recording as its token source, so it honours what ``GenerationSession.stream`` does:
 
 * ``max_new_tokens``: a longer recording is cut there (``stop_reason="length"``; an image run
   cut open is ``image_truncated``). A recording without ``.eos()`` ends as if the limit had
@@ -45,18 +46,17 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, Union
 
+from core_models.boxes import LOC_BINS, valid_bins
+
 if TYPE_CHECKING:
     import torch
 
-    from core_models.generation import GeneratedImage, GenerationEvent, GenerationResult
+    from core_models.generation import GenerationEvent, GenerationResult
 
     from .runtime import Runtime
 
 __all__ = ["Reply", "ReplayExhausted", "ReplayGeneration", "ReplayQueue", "image_features",
            "replay_runtime", "stop_replay"]
-
-LOC_BINS = 224
-
 
 class ReplayExhausted(RuntimeError):
     """A turn asked for a reply but every recorded reply has been played."""
@@ -68,7 +68,7 @@ class Reply:
     """A recorded reply, written the way the model says it. Every method returns the reply.
 
     * ``text(s)``: plain text, encoded with the runtime's tokenizer (one segment, as generated);
-    * ``box(cx, cy, w, h)``: ``<box_start><loc-cx><loc-cy><loc-w><loc-h><box_end>`` (224 bins);
+    * ``box(cx, cy, w, h)``: ``<box_start><loc-cx><loc-cy><loc-w><loc-h><box_end>`` (``LOC_BINS`` bins);
     * ``image(features)``: ``<img>`` + the Q placeholders + ``</img>``; ``features`` is a
       ``(Q, vit_dim)`` tensor, an int seed, or None (seed = the run's index in the reply);
     * ``tokens(*items)``: anything verbatim (ids, or token strings such as ``"<loc-7>"``), for
@@ -87,7 +87,7 @@ class Reply:
 
     def box(self, cx: int, cy: int, w: int, h: int) -> "Reply":
         bins = (cx, cy, w, h)
-        if not all(isinstance(b, int) and 0 <= b < LOC_BINS for b in bins):
+        if not valid_bins(bins):
             raise ValueError(f"box bins must be ints in [0, {LOC_BINS}), got {bins}; use "
                              "tokens() to record a malformed box")
         self._pieces.append(("box", bins))
@@ -249,14 +249,12 @@ class ReplayGeneration:
     def stream(self, max_new_tokens: int = 120, *, num_img_gen_tokens: int = 64,
                force_image: bool = False, cancel: Any = None, rollback_on_cancel: bool = False,
                **_sampling: Any) -> Iterator["GenerationEvent"]:
-        """Play the next queued reply, one ``GenerationEvent`` per token, then the result.
+        """Play the next queued reply through the real decode loop, one ``GenerationEvent`` per
+        token, then the result.
 
         Sampling options are accepted and ignored: the recording *is* the choice of tokens.
         """
-        # the real loop's own helpers, so events and results are built exactly as it builds them
-        from core_models.generation import (GenerationEvent, GenerationResult, ImageTokenForcing,
-                                            _box_open, _cancelled, _IncrementalText, _visible_ids,
-                                            parse_boxes)
+        from core_models.generation import ImageTokenForcing, decode
 
         if not self.token_ids:
             raise RuntimeError("empty session: prefill a prompt first")
@@ -266,65 +264,36 @@ class ReplayGeneration:
         if force_image and ids[:1] != [tok.boi_token_id]:  # what the forcing rule would produce
             ids, specs = (Reply().image() + reply).compile(tok, num_img_gen_tokens)
         rule = ImageTokenForcing.from_tokenizer(tok, num_img_gen_tokens)
-        q = rule.num_img_tokens
-        start = len(self.token_ids)
-        box_open = _box_open(self.token_ids, tok.box_start_token_id, tok.box_end_token_id)
-        generated: list[int] = []
-        images: list[GeneratedImage] = []
-        text = _IncrementalText(tok.decode)
-        runs = -1  # index of the last <img> run opened
-        stop_reason = "length"
+        source = _RecordedTokens(ids, specs, tok.boi_token_id, self.hidden_size, self.feature_dim)
+        # a recording without EOS ends as if max_new_tokens had been reached right after it
+        yield from decode(self, source, rule, min(max_new_tokens, len(ids)), cancel=cancel,
+                          rollback_on_cancel=rollback_on_cancel)
 
-        for step, token in enumerate(ids[:max_new_tokens]):
-            if _cancelled(cancel):
-                stop_reason = "cancelled"
-                break
-            self.token_ids.append(token)
-            generated.append(token)
-            image = None
-            if token == rule.boi_token_id:
-                runs += 1
-            elif token == rule.eoi_token_id:
-                image = self._close_image(len(images), len(generated) - 1, rule,
-                                          specs.get(runs, runs if runs >= 0 else len(images)))
-                if image is not None:
-                    images.append(image)
-            run = rule.run_position(token)
-            delta, replace = text.update(_visible_ids(generated, rule, images, open_run=True))
-            yield GenerationEvent(step=step, token_id=token, text=delta, replace_text=replace,
-                                  image_progress=None if run is None else (run, q), image=image)
-            if token == tok.eos_token_id:
-                stop_reason = "eos"
-                break
 
-        truncated = (stop_reason != "eos" and bool(generated)
-                     and rule.run_position(generated[-1]) is not None)
-        delta, replace = text.update(_visible_ids(generated, rule, images, open_run=False),
-                                     final=True)
-        result = GenerationResult(
-            generated_ids=generated, text=text.emitted, stop_reason=stop_reason, images=images,
-            image_truncated=truncated, boxes=parse_boxes(text.emitted, open_box=box_open),
-            start_length=start)
-        if stop_reason == "cancelled" and rollback_on_cancel:
-            self.crop(start)
-        yield GenerationEvent(step=len(generated), token_id=None, text=delta,
-                              replace_text=replace, result=result)
+class _RecordedTokens:
+    """A recording as the decode loop's token source (``core_models.generation.TokenSource``):
+    the recorded ids in order, and at each ``</img>`` the features ``image()`` was given."""
 
-    def _close_image(self, index: int, eoi_index: int, rule: Any, spec: Any) -> "GeneratedImage | None":
-        """Like ``GenerationSession._close_image``, with the recorded features."""
+    def __init__(self, ids: list[int], specs: dict[int, Any], boi_token_id: int,
+                 hidden_size: int, feature_dim: int):
+        self.ids, self.specs, self.boi_token_id = ids, specs, boi_token_id
+        self.hidden_size, self.feature_dim = hidden_size, feature_dim
+        self.runs = -1  # index of the last <img> run opened
+
+    def next_token(self, step: int) -> int:
+        token = self.ids[step]
+        if token == self.boi_token_id:
+            self.runs += 1
+        return token
+
+    def image_states(self, index: int, end: int, q: int) -> tuple["torch.Tensor", "torch.Tensor"]:
         import torch
 
-        from core_models.generation import GeneratedImage
+        spec = self.specs.get(self.runs, self.runs if self.runs >= 0 else index)
+        return torch.zeros(q, self.hidden_size), self._features(spec, q)
 
-        q = rule.num_img_tokens
-        end = len(self.token_ids) - 1
-        if end < q:
-            return None
-        features = self._features(spec, q)
-        return GeneratedImage(index=index, eoi_index=eoi_index,
-                              hidden_states=torch.zeros(q, self.hidden_size),
-                              features=features,
-                              well_formed=self.token_ids[end - q:end] == rule.chain[1:-1])
+    def scores(self) -> tuple[None, None]:
+        return None, None
 
     def _features(self, spec: Any, q: int) -> "torch.Tensor":
         if isinstance(spec, int) and not isinstance(spec, bool):
@@ -338,7 +307,7 @@ class ReplayGeneration:
 def replay_runtime(replies: Iterable[RecordedReply] = (), *, runtime: "Runtime | None" = None) -> "Runtime":
     """A runtime whose LLM replays ``replies``, one per turn, in order.
 
-    ``runtime`` defaults to a new tiny preset (``Runtime.from_pretrained("tiny")``, a few
+    ``runtime`` defaults to a new tiny preset (``seedx_agent.from_pretrained("tiny")``, a few
     seconds: build it once per test module). A runtime you pass is patched in place; calling
     this again replaces its queue, ``stop_replay`` undoes it. ``runtime.replay`` is the
     ``ReplayQueue`` (``push`` more replies, ``len`` of what is left, ``played``). Replies are
@@ -347,9 +316,9 @@ def replay_runtime(replies: Iterable[RecordedReply] = (), *, runtime: "Runtime |
     whose message says so (``ReplayExhausted``).
     """
     if runtime is None:
-        from .runtime import Runtime
+        from .presets import from_pretrained
 
-        runtime = Runtime.from_pretrained("tiny")
+        runtime = from_pretrained("tiny")
     queue = ReplayQueue(replies)
     tokenizer = runtime.tokenizer
 

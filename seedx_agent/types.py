@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-SCHEMA_VERSION = 1
-LOC_BINS = 224  # <loc-0> … <loc-223>
+from core_models.boxes import LOC_BINS, bins_to_xyxy
+
+SCHEMA_VERSION = 2
+"""2: provenance says ``num_inference_steps`` / ``guidance_scale`` / ``image_guidance_scale`` /
+``parents`` (1 said ``steps`` / ``guidance`` / ``image_guidance`` / ``parent_image``); action
+events carry a summary and artifact paths; ``TurnDone`` carries errors and notices. Version-1
+values still validate (`Provenance` renames the old fields as it reads them)."""
 
 
 class _Value(BaseModel):
@@ -38,18 +43,39 @@ class TextPart(_Value):
 
 
 class Provenance(_Value):
-    """Enough to say exactly how a picture was made, and to make it again."""
+    """Enough to say exactly how a picture was made, and to make it again.
+
+    The rendering fields have the names of the turn options that set them (`TurnOptions`), so a
+    picture is re-made by passing its provenance back. ``parents`` are the images it was made
+    from, in order: the source of an edit, the person and the garment of a try-on.
+    """
 
     model: str
     variant: str
     seed: int | None = None
-    steps: int | None = None
-    guidance: float | None = None
-    image_guidance: float | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    image_guidance_scale: float | None = None
     scheduler: str | None = None
     detokenizer_stage: Literal[1, 2] | None = None
     weights_fingerprint: str | None = None
-    parent_image: str | None = None
+    parents: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_version_1(cls, data: Any) -> Any:
+        """Read a version-1 record: same values under the old names."""
+        if not isinstance(data, dict) or data.get("schema_version", SCHEMA_VERSION) >= 2:
+            return data
+        data = dict(data)
+        for old, new in (("steps", "num_inference_steps"), ("guidance", "guidance_scale"),
+                         ("image_guidance", "image_guidance_scale")):
+            if old in data:
+                data[new] = data.pop(old)
+        parent = data.pop("parent_image", None)
+        data["parents"] = (parent,) if parent else ()
+        data["schema_version"] = SCHEMA_VERSION
+        return data
 
 
 class ImagePart(_Value):
@@ -94,9 +120,7 @@ class BoxPart(_Value):
     def on(self, width: int, height: int, *, target_image: str | None = None,
            target_kind: Literal["input", "generated", "canvas"] | None = None) -> "BoxPart":
         """This box placed on a ``width`` x ``height`` target (official rule: value/224 * size)."""
-        cx, cy, w, h = (b / LOC_BINS for b in self.bins)
-        x0, x1 = (cx - w / 2) * width, (cx + w / 2) * width
-        y0, y1 = (cy - h / 2) * height, (cy + h / 2) * height
+        x0, y0, x1, y1 = bins_to_xyxy(self.bins, width, height)
         clip = lambda v, hi: float(min(max(v, 0.0), hi))  # noqa: E731
         xyxy = (clip(x0, width), clip(y0, height), clip(x1, width), clip(y1, height))
         return self.model_copy(update=dict(pixel_xyxy=xyxy, target_image=target_image,
@@ -164,8 +188,13 @@ class ImageDone(_Value):
 
 
 class ActionEvent(_Value):
+    """An action a skill carried out: the action, its one-line summary for the user and the
+    files it wrote (absolute paths, which exist when the event is emitted)."""
+
     type: Literal["action_event"] = "action_event"
     action: Action
+    summary: str = ""
+    artifacts: tuple[str, ...] = ()
 
 
 class ErrorEvent(_Value):
@@ -182,11 +211,24 @@ class Notice(_Value):
 
 
 class TurnDone(_Value):
+    """The end of a turn and everything it left: what was said, done, refused and noticed.
+
+    A failed turn (``finish_reason="error"``) says why in ``errors``; it is in the session's
+    history and store too, marked failed. ``artifacts`` are every file the turn's skills wrote.
+    """
+
     type: Literal["turn_done"] = "turn_done"
     turn_index: int
     parts: tuple[Part, ...] = ()
     actions: tuple[Action, ...] = ()
+    errors: tuple[ErrorEvent, ...] = ()
+    notices: tuple[Notice, ...] = ()
+    artifacts: tuple[str, ...] = ()
     finish_reason: Literal["eos", "max_new_tokens", "cancelled", "error"] = "eos"
+
+    @property
+    def ok(self) -> bool:
+        return self.finish_reason != "error" and not self.errors
 
 
 Event = Annotated[Union[TextDelta, BoxFound, ImageStarted, DenoiseStep, ImageDone, ActionEvent,

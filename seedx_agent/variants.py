@@ -5,7 +5,8 @@ SEED-X (pretrained) has its own prompt formats and no chat, SEED-X-I is the mult
 instruction model (stage-1 de-tokenizer), SEED-X-Edit is single-turn, one 1x1-grid image, and
 renders with the stage-2 de-tokenizer. A variant record says all of that in one place so the
 runtime never special-cases a name. Plugins add variants (for example LoRA adapters on a shared
-base) through the ``register_variants(register)`` hook.
+base) through the ``register_variants(register)`` hook; the released three are registered the same
+way, by the default plugin `seedx_agent.default_plugins.variants`.
 """
 
 from __future__ import annotations
@@ -93,8 +94,11 @@ class VariantRegistry:
 
     def register(self, variant: Variant | dict, *, replace: bool = False) -> Variant:
         variant = variant if isinstance(variant, Variant) else Variant.model_validate(variant)
-        if variant.name in self._variants and not replace:
-            raise ValueError(f"variant {variant.name!r} is already registered")
+        existing = self._variants.get(variant.name)
+        if existing is not None and not replace:
+            if existing == variant:  # the same record twice (two plugins, or a default): once
+                return existing
+            raise ValueError(f"variant {variant.name!r} is already registered, differently")
         self._variants[variant.name] = variant
         return variant
 

@@ -9,6 +9,21 @@ GOLDEN = FIXTURES / "golden"
 GOLDEN_TOKENIZER = FIXTURES / "golden_tokenizer"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _seedx_home(tmp_path_factory):
+    """Nothing a test does lands in the real ``~/.local/share/seedx`` (`seedx_agent.user_dir`)."""
+    import os
+
+    home = tmp_path_factory.mktemp("seedx-home")
+    old = os.environ.get("SEEDX_HOME")
+    os.environ["SEEDX_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("SEEDX_HOME", None)
+    else:
+        os.environ["SEEDX_HOME"] = old
+
+
 @pytest.fixture
 def golden() -> Path:
     return GOLDEN
@@ -27,9 +42,9 @@ def rt():
     """
     import torch
 
-    from seedx_agent.runtime import Runtime
+    import seedx_agent
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield Runtime.from_pretrained("tiny")
+    yield seedx_agent.from_pretrained("tiny")
     torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from torch import nn
 from core_models import checkpoint as ckpt
 from core_models.checkpoint import (CheckpointError, CheckpointMismatchError, SeedXPaths,
                                     convert_to_safetensors, empty_init, iter_checkpoint_shards,
-                                    load_into_model, load_state_dict_file)
+                                    load_into_model, load_state_dict_file, writing)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -340,7 +340,7 @@ def test_converter_in_place_is_preferred_by_the_loader(tmp_path, reference):
 def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path, reference, monkeypatch):
     src = tmp_path / "llm"
     save_sharded_bin(reference.state_dict(), src, 2)
-    real_save, calls = ckpt._save_shard, []
+    real_save, calls = writing._save_shard, []
 
     def crash_on_second_shard(tensors, path, metadata):
         calls.append(path)
@@ -348,7 +348,7 @@ def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path, ref
             raise KeyboardInterrupt("simulated crash mid-conversion")
         real_save(tensors, path, metadata)
 
-    monkeypatch.setattr(ckpt, "_save_shard", crash_on_second_shard)
+    monkeypatch.setattr(writing, "_save_shard", crash_on_second_shard)
     dst = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         convert_to_safetensors(src, dst, max_shard_size=300, progress=False)
@@ -357,6 +357,41 @@ def test_interrupted_conversion_leaves_nothing_that_looks_complete(tmp_path, ref
     assert ckpt.find_weights(dst) is None
     with pytest.raises(CheckpointError, match="no checkpoint at"):
         ckpt.list_shards(dst)
+
+
+
+def test_shards_are_planned_greedily_in_key_order():
+    sizes = [("a", 2), ("b", 2), ("c", 10), ("d", 1), ("e", 1)]
+    assert writing.plan_shards(sizes, 5) == [["a", "b"], ["c"], ["d", "e"]]
+    assert writing.plan_shards([], 5) == []
+
+
+def test_resaving_over_an_older_checkpoint_leaves_only_the_new_one(tmp_path, reference):
+    folder = tmp_path / "llm"
+    state = reference.state_dict()
+    ckpt.save_state_dict({k: v * 0 for k, v in state.items()}, folder, max_shard_size=100, progress=False)
+    assert len(ckpt.list_shards(folder)) > 2
+    save_file({"stale": torch.zeros(1)}, str(folder / "model.safetensors"))  # an old single file
+    index = ckpt.save_state_dict(state, folder, max_shard_size=300, progress=False)
+    assert index.name == "model.safetensors.index.json"
+    assert not (folder / "model.safetensors").exists()
+    report = load_into_model(mlp(), folder, torch.float32, "cpu", progress=False)
+    assert report.files == ckpt.list_shards(folder)
+    loaded = {k: v for _, sd in iter_checkpoint_shards(folder) for k, v in sd.items()}
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+def test_a_lone_shard_is_never_taken_for_a_whole_checkpoint(tmp_path):
+    """What a hard kill mid-write could leave: one shard of several, without its index."""
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model-00001-of-00003.safetensors"))
+    assert ckpt.find_weights(tmp_path) is None
+
+
+def test_a_safetensors_checkpoint_is_not_converted_in_place(tmp_path, reference):
+    ckpt.save_state_dict(reference.state_dict(), tmp_path, progress=False)
+    with pytest.raises(CheckpointError, match="in place would overwrite"):
+        convert_to_safetensors(tmp_path, tmp_path, dtype=torch.float16, progress=False)
+    assert ckpt.find_weights(tmp_path).name == "model.safetensors"
 
 
 # --- the agent file's optional llm.* tensors --------------------------------------------------

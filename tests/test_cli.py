@@ -1,7 +1,8 @@
 """The ``seedx`` CLI: cheap start-up, the README demo, bad scripts, plugins, sessions, the REPL.
 
 The tiny runtime takes seconds to build, so the model-backed tests share one in-process run of
-the demo (``main`` keeps the runtime it loaded) and the REPL gets one subprocess.
+the demo (``main`` keeps the runtime it loaded) and the REPL gets one subprocess. The command list
+is read from the click group itself (`walk`), so a new command cannot go undocumented.
 """
 
 from __future__ import annotations
@@ -12,15 +13,36 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from PIL import Image
 
 from core_models.image_io import content_hash
 from seedx_agent import cli
+from seedx_agent.cli.run import DEMO_SCRIPT
+from seedx_agent.cli.script import Script, ScriptTurn, load_script
+from seedx_agent.cli.synthetic import synthetic_image
+from seedx_agent.cli.transcript import TRANSCRIPT_SCHEMA_VERSION
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "demo.yaml"
+BUILT_IN = ("chat", "run", "smoke", "plugins", "sessions", "convert", "eval")
+
+
+def walk(group: click.Group, prefix: tuple[str, ...] = ()):
+    """Every command under ``group``, depth first: (path of names, command)."""
+    for name, command in sorted(group.commands.items()):
+        path = (*prefix, name)
+        yield path, command
+        if isinstance(command, click.Group):
+            yield from walk(command, path)
+
+
+def built_in(command: click.Command) -> bool:
+    """Defined by seedx_agent itself (plugins document their own commands)."""
+    return (command.callback is not None
+            and command.callback.__module__.startswith("seedx_agent."))
 
 
 def run_python(code: str, **kwargs) -> subprocess.CompletedProcess:
@@ -47,14 +69,67 @@ print('NO TORCH')
     result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert "NO TORCH" in result.stdout
-    assert "usage: seedx" in result.stdout
+    assert "Usage: seedx" in result.stdout
     assert "UNTRAINED" in result.stdout  # --help says plainly that the default model is untrained
-    for command in ("chat", "run", "smoke", "plugins", "sessions", "convert", "eval"):
-        assert command in result.stdout
+    top = {path[0] for path, _ in walk(cli.cli)}
+    assert top >= set(BUILT_IN)
+    for command in top:
+        assert f"  {command} " in result.stdout, f"seedx --help does not list {command}"
+
+
+def test_the_command_tree():
+    tree = {" ".join(path): command for path, command in walk(cli.cli)}
+    assert {"sessions list", "sessions show", "sessions export"} <= set(tree)
+    # eval is the core's empty group; model plugins (the Nano) add their evaluations to it
+    assert isinstance(tree["eval"], click.Group) and built_in(tree["eval"])
+    assert all(not built_in(c) for path, c in tree.items() if path.startswith("eval "))
+    assert cli.main([]) == 2  # no command: the help, as a usage error
+
+
+def test_plugins_add_commands_through_the_hook(capsys):
+    from seedx_agent import hookimpl
+    from seedx_agent.plugins import pm
+
+    @click.command("hello")
+    def hello():
+        """Say hello."""
+        click.echo("hello from a plugin")
+
+    class Greeter:
+        @hookimpl
+        def register_commands(self, cli):
+            cli.add_command(hello)
+
+    class Broken:
+        @hookimpl
+        def register_commands(self, cli):
+            raise RuntimeError("no commands today")
+
+    pm.register(Greeter(), name="test-cli-greeter")
+    try:
+        cli.add_plugin_commands()
+        assert cli.main(["hello"]) == 0
+        assert "hello from a plugin" in capsys.readouterr().out
+        pm.register(Broken(), name="test-cli-broken")
+        cli.add_plugin_commands()  # reported, and the CLI goes on working
+        assert "a plugin failed to add its commands" in capsys.readouterr().err
+        assert cli.main(["plugins"]) == 0
+    finally:
+        for name in ("test-cli-greeter", "test-cli-broken"):
+            if pm.has_plugin(name):
+                pm.unregister(name=name)
+        cli.cli.commands.pop("hello", None)
+
+
+def test_every_example_is_a_valid_script():
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert DEMO in examples and len(examples) > 1
+    for path in examples:
+        load_script(path)  # raises CliError, naming the file and the field
 
 
 def test_demo_yaml_is_the_built_in_smoke_script():
-    assert yaml.safe_load(DEMO.read_text()) == cli.DEMO_SCRIPT
+    assert yaml.safe_load(DEMO.read_text()) == DEMO_SCRIPT
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +142,8 @@ def demo(tmp_path_factory):
 
 def test_demo_run_writes_transcript_and_images(demo, capsys):
     out, transcript = demo
-    assert transcript["schema_version"] == cli.TRANSCRIPT_SCHEMA_VERSION
-    assert transcript["runtime"]["untrained"] is True and transcript["untrained_notice"]
+    assert transcript["schema_version"] == TRANSCRIPT_SCHEMA_VERSION
+    assert transcript["runtime"]["untrained"] is True and "UNTRAINED" in transcript["notice"]
     assert transcript["complete"] is True
     turns = transcript["turns"]
     assert len(turns) == 4
@@ -86,7 +161,7 @@ def test_demo_run_writes_transcript_and_images(demo, capsys):
     # the edit was made from the generated picture, and the grounding turn looked at the edit
     generated = turns[1]["images"][0]["image_id"]
     edited = next(p for p in turns[2]["parts"] if p["type"] == "image")
-    assert edited["provenance"]["parent_image"] == generated
+    assert edited["provenance"]["parents"] == [generated]
     assert edited["provenance"]["detokenizer_stage"] == 2
     assert turns[2]["variant"] == "seed_x_edit"
     assert turns[3]["model_images"] == [edited["image_id"]]
@@ -102,12 +177,29 @@ def test_bad_scripts_are_refused_before_loading_the_model(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
     typo = tmp_path / "typo.yaml"
-    typo.write_text("turns:\n  - txt: hi\n")
+    typo.write_text("turns:\n  - text: hi\n  - {text: again, guidance: 5}\n")
     assert cli.main(["run", str(typo), "--out", str(tmp_path / "out")]) == 2
-    assert "turns[0].txt: Extra inputs are not permitted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "turns[1]: unknown key 'guidance'" in err and "guidance_scale" in err  # what it takes
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: many\nturns:\n  - {text: hi, guidance_scale: -1}\n")
+    assert cli.main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "turns[0].guidance_scale: Input should be greater than or equal to 0" in err
+    assert "seed: Input should be a valid integer" in err
+    assert not (tmp_path / "out").exists()
 
     assert cli.main(["run", str(tmp_path / "absent.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "script not found" in capsys.readouterr().err
+
+
+def test_an_unknown_model_or_placement_is_a_usage_error(tmp_path, capsys):
+    assert cli.main(["smoke", "--out", str(tmp_path / "a"), "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert "seedx: error:" in err and "no-such-model" in err and "Traceback" not in err
+    assert cli.main(["smoke", "--out", str(tmp_path / "b"), "--placement", "moon"]) == 2
+    assert "seedx: error: --placement:" in capsys.readouterr().err
 
 
 def test_corrupt_image_is_recorded_and_the_run_goes_on(demo, tmp_path):
@@ -119,11 +211,12 @@ def test_corrupt_image_is_recorded_and_the_run_goes_on(demo, tmp_path):
     out = tmp_path / "out"
     assert cli.main(["run", str(script), "--out", str(out)]) == 0  # loaded once, by `demo`
     first, second = json.loads((out / "transcript.json").read_text())["turns"]
-    assert first["finish_reason"] == "error" and first["index"] is None
+    assert first["finish_reason"] == "error"
     assert first["errors"][0]["source"] == "input"
     assert "image 1" in first["errors"][0]["message"]
-    assert second["errors"] == [] and second["index"] == 0
-    assert second["finish_reason"] == "max_new_tokens"
+    assert second["errors"] == [] and second["finish_reason"] == "max_new_tokens"
+    # a failed turn is stored (marked failed) when the session records failures, else not at all
+    assert second["index"] == (0 if first["index"] is None else first["index"] + 1)
 
 
 @pytest.mark.skipif("grounding" not in {ep.name for ep in metadata.entry_points(group="seedx")},
@@ -166,7 +259,7 @@ def test_sessions_list_show_export(demo, tmp_path, capsys):
 
 def test_chat_repl_through_stdin(tmp_path, capsys):
     picture = tmp_path / "photo.png"
-    cli.synthetic_image(64, 48).save(picture)
+    synthetic_image(64, 48).save(picture)
     lines = ["/help", f"/image {picture}", f"/image {tmp_path / 'nope.png'}", "/draw",
              "what is this? draw it", "/skill nosuch", "/frobnicate", "/quit", "never read"]
     result = subprocess.run(
@@ -190,9 +283,19 @@ def test_chat_repl_through_stdin(tmp_path, capsys):
 
 def test_docs_cover_commands_script_and_transcript(demo):
     docs = (ROOT / "docs" / "cli.md").read_text()
-    for command in ("chat", "run", "smoke", "plugins", "sessions", "convert", "eval"):
-        assert f"\n## seedx {command}\n" in docs
-    for model in (cli.Script, cli.ScriptTurn):
+    for path, command in walk(cli.cli):
+        name = " ".join(path)
+        if len(path) == 1:
+            assert f"\n## seedx {name}\n" in docs, f"docs/cli.md needs '## seedx {name}'"
+        else:
+            assert f"seedx {name}" in docs, f"docs/cli.md does not mention seedx {name}"
+        if not built_in(command):
+            continue  # a plugin's command: its options are its plugin's to document
+        for param in command.params:
+            for opt in getattr(param, "opts", ()):
+                if opt.startswith("--") and opt != "--help":
+                    assert f"{opt}" in docs, f"docs/cli.md: seedx {name} {opt} undocumented"
+    for model in (Script, ScriptTurn):
         for field in model.model_fields:
             assert f"| `{field}` |" in docs, f"docs/cli.md: script key {field!r} undocumented"
     _out, transcript = demo

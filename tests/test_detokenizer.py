@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import GOLDEN
 from core_models.config import SeedXConfig
-from core_models.detokenizer import (DenoisingInterrupted, ImageEmbeds, SDXLAdapter,
+from core_models.detokenizer import (DenoisingCancelled, ImageEmbeds, SDXLAdapter,
                                      SDXLAdapterWithLatentImage, apply_detokenizer_weights,
                                      expected_shapes, expected_stage1_keys, expected_stage2_keys,
                                      vit_down)
@@ -276,7 +276,7 @@ def test_stage2_without_source_image_uses_zero_latents():
     assert calls[0]["sample"].shape == (3, 8, 16, 16) and not calls[0]["sample"][:, 4:].any()
 
 
-# --- callbacks and interruption ---------------------------------------------------------------
+# --- callbacks and cancellation ---------------------------------------------------------------
 
 def test_callback_sees_every_step():
     adapter = SDXLAdapter(make_unet(), make_resampler(), vae=make_vae(), scheduler=make_scheduler())
@@ -301,7 +301,8 @@ def test_callback_can_replace_latents():
 
 
 @pytest.mark.parametrize("how", ["event", "callable", "flag"])
-def test_interrupt_stops_early(how):
+def test_cancel_stops_early(how):
+    """``cancel`` (an event or a callable) and diffusers' ``_interrupt`` flag both stop the loop."""
     adapter = SDXLAdapter(make_unet(), make_resampler(), vae=make_vae(), scheduler=make_scheduler())
     calls = capture_unet_calls(adapter.unet)
     event = threading.Event()
@@ -314,10 +315,10 @@ def test_interrupt_stops_early(how):
                 event.set()
         return {}
 
-    interrupt = {"event": event, "callable": event.is_set, "flag": None}[how]
-    with pytest.raises(DenoisingInterrupted) as info:
+    cancel = {"event": event, "callable": event.is_set, "flag": None}[how]
+    with pytest.raises(DenoisingCancelled) as info:
         adapter.generate_from_embeds(random_embeds(), seed=0, num_inference_steps=5, height=32,
-                                     width=32, callback_on_step_end=on_step, interrupt=interrupt)
+                                     width=32, callback_on_step_end=on_step, cancel=cancel)
     assert (info.value.step_index, info.value.num_steps) == (2, 5)
     assert info.value.latents.shape == (1, 4, 16, 16)
     assert len(calls) == 2

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from core_models.config import SeedXConfig
-from core_models.generation import (Box, GenerationSession, ImageTokenForcing, generate,
+from core_models.generation import (Box, GenerationSession, ImageTokenForcing, decode, generate,
                                     parse_boxes)
 from core_models.mllm import ContinuousLVLM
 
@@ -284,6 +284,61 @@ def test_sampling_is_reproducible_and_keeps_forced_runs(model, tok):
     assert runs[0].generated_ids[:65] == tok.img_token_ids[:64] + [EOI]
 
 
+
+# --- the decode loop over another token source (what the replay kit plugs in) -------------------
+class ScriptedTokens:
+    """A ``TokenSource`` that plays fixed ids; image ``k`` gets features filled with ``k``."""
+
+    def __init__(self, ids):
+        self.ids, self.asked = ids, []
+
+    def next_token(self, step):
+        self.asked.append(step)
+        return self.ids[step]
+
+    def image_states(self, index, end, q):
+        return torch.zeros(q, 4), torch.full((q, 2), float(index))
+
+    def scores(self):
+        return None, None
+
+
+class IdsOnly:
+    """The least a session must be for the loop: ids, a tokenizer, rollback."""
+
+    def __init__(self, prompt):
+        self.token_ids, self.tokenizer = list(prompt), TinyTokenizer()
+
+    def crop(self, n):
+        del self.token_ids[n:]
+
+
+def test_decode_runs_any_token_source():
+    tok = TinyTokenizer()
+    rule = ImageTokenForcing.from_tokenizer(tok, 64)
+    run = [BOI, *tok.img_token_ids[:64], EOI]
+    session = IdsOnly([7])
+    events = list(decode(session, ScriptedTokens([8, *run, EOS, 9]), rule, 100))
+    result = events[-1].result
+    assert result.stop_reason == "eos" and result.generated_ids == [8, *run, EOS]
+    assert session.token_ids == [7, 8, *run, EOS]
+    (image,) = result.images
+    assert image.well_formed and image.eoi_index == 66 and not image.features.any()
+    assert result.text == tok.decode([8, EOI, EOS]) == "".join(e.text for e in events)
+
+    cut = list(decode(IdsOnly([7]), ScriptedTokens(run), rule, 10))[-1].result
+    assert cut.stop_reason == "length" and cut.image_truncated and not cut.images
+
+    stop, source, session = threading.Event(), ScriptedTokens(run), IdsOnly([7])
+    for event in decode(session, source, rule, 100, cancel=stop, rollback_on_cancel=True):
+        if event.step == 2:
+            stop.set()
+    assert event.result.stop_reason == "cancelled" and source.asked == [0, 1, 2]
+    assert session.token_ids == [7]
+    with pytest.raises(RuntimeError, match="empty session"):
+        next(decode(IdsOnly([]), ScriptedTokens(run), rule, 1))
+
+
 # --- boxes ---------------------------------------------------------------------------------------
 def test_parse_boxes_tolerates_bad_output():
     text = ("a red car<box_start><loc-10><loc-20><loc-30><loc-40><box_end> and a dog "
@@ -296,7 +351,7 @@ def test_parse_boxes_tolerates_bad_output():
         (", sky", [5, 6, 7, 300], True, False),
         ("tail", [9], False, False),
     ]
-    assert boxes[0].to_xyxy(224, 448) == (-5.0, 0.0, 25.0, 80.0)
+    assert boxes[0].to_xyxy(224, 448) == pytest.approx((-5.0, 0.0, 25.0, 80.0))  # core_models.boxes
     assert boxes[1].to_xyxy(224, 224) is None
     # SEED-X pretrained grounding: the prompt ends with <box_start>
     (opened,) = parse_boxes("<loc-100><loc-100><loc-50><loc-50><box_end>]]", open_box=True)

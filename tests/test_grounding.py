@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 import seedx_grounding
-from seedx_agent.skills import SkillContext, SkillHost, SkillReply, SkillRequest
+from seedx_agent.skill_host import SkillHost
+from seedx_agent.skills import SkillContext, SkillReply, SkillRequest
 from seedx_agent.types import BoxPart, ImagePart, TextPart
 
 CAR = BoxPart(bins=(112, 112, 56, 112), phrase="red car")  # centre, 1/4 wide, 1/2 high

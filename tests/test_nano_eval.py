@@ -4,7 +4,9 @@
 * answers that *are* the ground truth, replayed through Runtime + Session.turn, score perfect
   text metrics (proves the plumbing: prompts, box placement, parsing, scoring);
 * ``seedx eval nano --smoke --json`` on a (random-weight) Nano export prints one JSON object with
-  exactly the seven keys, numbers in range or null with a reason on stderr.
+  exactly the seven keys, numbers in range or null with a reason on stderr. The command runs
+  inside a click group shaped like the core CLI's (``seedx`` > ``eval``), to which the plugin's
+  ``register_commands`` hook adds it.
 
 The export is the random-weight one of ``test_nano_preset`` (seconds to write).
 """
@@ -17,8 +19,8 @@ import random
 import pytest
 import torch
 
-from core_models.nano import evaluate as ev
-from core_models.nano import tasks
+from seedx_nano import evaluate as ev
+from seedx_nano import tasks
 from test_nano_preset import random_nano_export
 
 IN_UNIT = ("grounding_miou", "caption_attr_acc", "count_acc", "t2i_attr_acc", "edit_acc",
@@ -61,8 +63,8 @@ def test_ground_truth_answers_through_the_product_path_score_perfect(export):
     """Replay each scene's true answer as the model's reply: Runtime + Session.turn, box
     placement on the input image, reply parsing and scoring give perfect text metrics, and
     every picture turn yields a (random de-tokenizer) picture that gets scored."""
-    from seedx_agent.presets import build_nano
     from seedx_agent.testing import Reply, replay_runtime
+    from seedx_nano.preset import build_nano
 
     rt = build_nano(root=export, load_plugins=False)
     replies = []
@@ -85,12 +87,23 @@ def test_ground_truth_answers_through_the_product_path_score_perfect(export):
     assert report.analyser_gt_acc >= ev.GT_THRESHOLD and not report.reasons
 
 
-def test_eval_command_smoke_json(export, capsys):
-    """What CI runs: the real (here random) LLM answers; one JSON object, seven keys."""
-    from seedx_agent import cli
+def seedx_eval(*args: str):
+    """``seedx eval ARGS`` on a group shaped like the core CLI's, with the plugin's commands."""
+    import click
+    from click.testing import CliRunner
 
-    assert cli.main(["eval", "nano", "--smoke", "--json", "--model", str(export)]) == 0
-    out, err = capsys.readouterr()
+    import seedx_nano
+
+    cli = click.Group("seedx", commands=[click.Group("eval")])
+    seedx_nano.register_commands(cli=cli)
+    return CliRunner().invoke(cli, ["eval", *args], catch_exceptions=False)
+
+
+def test_eval_command_smoke_json(export):
+    """What CI runs: the real (here random) LLM answers; one JSON object, seven keys."""
+    result = seedx_eval("nano", "--smoke", "--json", "--model", str(export))
+    assert result.exit_code == 0, result.output
+    out, err = result.stdout, result.stderr
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1
     scores = json.loads(lines[0])
@@ -102,6 +115,13 @@ def test_eval_command_smoke_json(export, capsys):
     for key in ev.METRIC_KEYS:
         assert f"[eval] {key}" in err  # a progress line per metric
     assert "analyser_gt_acc" in err
+
+
+def test_eval_command_refuses_a_bad_n_and_a_missing_folder(tmp_path):
+    result = seedx_eval("nano", "--n", "0")
+    assert result.exit_code == 2 and "--n" in result.output
+    result = seedx_eval("nano", "--smoke", "--model", str(tmp_path / "none"))
+    assert result.exit_code != 0 and str(tmp_path / "none") in result.output
 
 
 def test_missing_components_are_null_with_a_reason(export, tmp_path):

@@ -1,7 +1,7 @@
 """The ``nano`` preset and ``adapters/``: peft LoRA adapters on one base LLM, switched per turn.
 
 The model folder is a random-weight export at the Nano's sizes, written the way
-``core_models.nano.train.export`` writes one (``SeedXStack.save_pretrained`` + peft adapters in
+``seedx_nano.train.export`` writes one (``SeedXStack.save_pretrained`` + peft adapters in
 ``adapters/<variant>/`` + ``nano_manifest.json``), in seconds rather than the smoke pipeline's
 minutes. The adapters are random LoRA weights (B != 0), so every adapter really changes the
 LLM's output.
@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core_models.nano import tasks
-from core_models.nano.world import Obj, Scene
+from seedx_nano import tasks
+from seedx_nano.world import Obj, Scene
 
 ADAPTERS = ("seed_x_i", "seed_x_edit", "tryon")
 ALL_STAGES = ["detok1", "detok2", "llm", "lora", "vae", "vit"]
@@ -32,8 +32,8 @@ def random_nano_export(root: Path, adapters: tuple[str, ...] = ADAPTERS,
     """A Nano-sized random-weight export at ``root`` (release layout + adapters + manifest)."""
     from peft import LoraConfig, get_peft_model
 
-    from core_models.nano.config import nano_config
-    from core_models.nano.train import LORA_TARGETS
+    from seedx_nano.config import nano_config
+    from seedx_nano.train.lora import LORA_TARGETS
     from core_models.stack import SeedXStack
     from core_models.tokenizer import TINY_TOKENIZER_DIR, SeedXTokenizer
 
@@ -61,7 +61,7 @@ def export(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def nano(export):
-    from seedx_agent.presets import build_nano
+    from seedx_nano.preset import build_nano
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -167,7 +167,9 @@ def test_tryon_adapter_conditions_stage_2_on_the_person(nano):
     inputs = [p for p in done.parts if isinstance(p, ImagePart) and p.role == "input"]
     (dressed,) = [p for p in done.parts if isinstance(p, ImagePart) and p.role == "edited"]
     assert dressed.provenance.detokenizer_stage == 2
-    assert dressed.provenance.parent_image == inputs[0].image_id  # the person, not the garment
+    parents = dressed.provenance.parents
+    assert parents[0] == inputs[0].image_id  # the person (the condition) first, then the garment
+    assert set(parents) <= {p.image_id for p in inputs}
     assert dressed.width * ex.images[0].height == pytest.approx(dressed.height * ex.images[0].width,
                                                                 rel=0.05)
 
@@ -186,21 +188,61 @@ def test_no_adapters_folder_changes_nothing(export, tmp_path):
 
 # --- the preset -------------------------------------------------------------------------------------
 
-def test_from_pretrained_nano_is_the_preset(export, monkeypatch):
-    from seedx_agent import presets
-    from seedx_agent.runtime import Runtime
+def test_nano_is_a_preset_of_the_plugin_and_draws_with_the_manifest_defaults(export, monkeypatch):
+    import seedx_agent
+    import seedx_nano.preset
+    from seedx_agent.presets import presets
 
-    monkeypatch.setattr(presets, "nano_dir", lambda: export)
-    rt = Runtime.from_pretrained("nano", load_plugins=False)
+    monkeypatch.setattr(seedx_nano.preset, "WEIGHTS_DIR", export)
+    registered = presets()
+    assert {"nano", "tiny"} <= set(registered)
+    assert registered["nano"].build is seedx_nano.preset.build_nano
+    rt = seedx_agent.from_pretrained("nano", load_plugins=False)
     assert rt.name == "nano" and rt.adapters is not None
-    assert rt.default_num_inference_steps == 2  # the manifest's sample_steps
-    assert "nano" in presets.PRESETS and "tiny" in presets.PRESETS
+    # the manifest's plan (sample_steps 2, guidance 3.0), not the official 50 / 7.5
+    assert rt.render_defaults.num_inference_steps == 2 and rt.render_defaults.guidance_scale == 3.0
+    assert rt.render_defaults.seed == 42 and rt.render_defaults.image_guidance_scale == 1.5
+
+
+def test_render_defaults_prefer_the_manifest_mapping(export, tmp_path):
+    from seedx_nano.manifest import render_defaults
+    from seedx_nano.preset import build_nano
+
+    plan = dict(sample_steps=20, guidance=3.0)
+    assert render_defaults(dict(plan=plan)) == dict(num_inference_steps=20, guidance_scale=3.0)
+    given = dict(seed=7, num_inference_steps=5, guidance_scale=4.5, image_guidance_scale=1.2)
+    assert render_defaults(dict(plan=plan, render_defaults=given)) == given
+    assert render_defaults(None) == {}
+    folder = tmp_path / "nano"
+    shutil.copytree(export, folder, ignore=shutil.ignore_patterns("adapters"))
+    manifest = json.loads((folder / "nano_manifest.json").read_text())
+    manifest.update(adapters=[], render_defaults=dict(seed=7, num_inference_steps=3))
+    (folder / "nano_manifest.json").write_text(json.dumps(manifest))
+    rt = build_nano(root=folder, load_plugins=False)
+    assert (rt.render_defaults.seed, rt.render_defaults.num_inference_steps) == (7, 3)
+    assert rt.render_defaults.guidance_scale == 7.5  # not in the mapping: the runtime's default
+
+
+def test_asking_for_nano_without_its_plugin_names_the_plugin():
+    import seedx_agent
+    import seedx_nano
+    from seedx_agent.plugins import pm
+
+    name = pm.get_name(seedx_nano)
+    pm.unregister(seedx_nano)
+    try:
+        with pytest.raises(seedx_agent.PresetError, match="seedx_nano"):
+            seedx_agent.from_pretrained("nano")
+    finally:
+        pm.register(seedx_nano, name=name)
+    assert "nano" in seedx_agent.presets.presets()
 
 
 def test_unfinished_nano_says_which_parts_are_untrained(export, tmp_path):
     """Only the ViT is trained (the state of a run's first stage): the rest are random stand-ins,
     and the runtime says so."""
-    from seedx_agent import presets
+    from seedx_nano.manifest import STAGE_COMPONENTS
+    from seedx_nano.preset import build_nano
 
     partial = tmp_path / "partial"
     shutil.copytree(export, partial, ignore=shutil.ignore_patterns(
@@ -208,10 +250,11 @@ def test_unfinished_nano_says_which_parts_are_untrained(export, tmp_path):
     manifest = json.loads((partial / "nano_manifest.json").read_text())
     manifest.update(finished_stages=["vit"], adapters=[])
     (partial / "nano_manifest.json").write_text(json.dumps(manifest))
-    rt = presets.build_nano(root=partial, load_plugins=False)
+    rt = build_nano(root=partial, load_plugins=False)
     assert rt.untrained and rt.adapters is None
-    assert len(rt.untrained_components) == 5 and presets.NANO_STAGES["llm"] in rt.untrained_components
+    assert len(rt.untrained_components) == 5 and STAGE_COMPONENTS["llm"] in rt.untrained_components
     assert "UNFINISHED" in rt.notice and "LLM" in rt.notice and "ViT" not in rt.notice
+    assert "python -m seedx_nano.train" in rt.notice
     assert rt.describe()["untrained_components"] == list(rt.untrained_components)
     # it still runs end to end (random LLM and de-tokenizer)
     done = rt.open_session().ask("Draw a red circle.", force_image=True, max_new_tokens=20,
@@ -224,30 +267,62 @@ def test_unfinished_nano_says_which_parts_are_untrained(export, tmp_path):
     assert torch.equal(next(vit.parameters()), next(rt.stack.vit.parameters()))
 
 
+def test_missing_detokenizer_stages_get_random_stand_ins(export, tmp_path):
+    """LLM trained, stage 2 not yet: stage 1 loads from the folder, stage 2 is random."""
+    from core_models.stack import SeedXStack
+    from seedx_nano.preset import build_nano
+
+    folder = tmp_path / "no_detok2"
+    shutil.copytree(export, folder, ignore=shutil.ignore_patterns("adapters", "second_stage"))
+    manifest = json.loads((folder / "nano_manifest.json").read_text())
+    manifest.update(finished_stages=["vit", "vae", "llm", "detok1"], adapters=[])
+    (folder / "nano_manifest.json").write_text(json.dumps(manifest))
+    rt = build_nano(root=folder, load_plugins=False)
+    assert rt.untrained_components and "stage 2" in rt.notice
+    shipped = SeedXStack.from_pretrained(export, "seed_x_i", dtype=torch.float32).detokenizer(1)
+    assert torch.equal(next(rt.stack.detokenizer(1).parameters()), next(shipped.parameters()))
+    assert rt.stack.detokenizer(2).unet.conv_in.in_channels == 8  # a random stage-2 stand-in
+
+
 def test_default_preset_follows_the_manifest(tmp_path):
-    from seedx_agent import presets
+    import seedx_agent
+    from seedx_nano import manifest
+    from seedx_nano.preset import nano_preset
 
-    assert presets.shipped_nano_finished(tmp_path) is False  # no manifest
-    (tmp_path / presets.NANO_MANIFEST).write_text(json.dumps({"finished_stages": ["vit", "vae"]}))
-    assert presets.shipped_nano_finished(tmp_path) is False
-    (tmp_path / presets.NANO_MANIFEST).write_text(
+    assert manifest.is_finished(tmp_path) is False  # no manifest
+    (tmp_path / manifest.MANIFEST_NAME).write_text(json.dumps({"finished_stages": ["vit", "vae"]}))
+    assert manifest.is_finished(tmp_path) is False
+    (tmp_path / manifest.MANIFEST_NAME).write_text(
         json.dumps({"finished_stages": ["vit", "vae", "llm", "detok1"]}))
-    assert presets.shipped_nano_finished(tmp_path) is True
-    assert presets.nano_meets_thresholds(tmp_path) is False  # trained is not good enough
-    (tmp_path / presets.NANO_MANIFEST).write_text(json.dumps(
+    assert manifest.is_finished(tmp_path) is True
+    assert manifest.meets_thresholds(tmp_path) is False  # trained is not good enough
+    (tmp_path / manifest.MANIFEST_NAME).write_text(json.dumps(
         {"finished_stages": ["vit", "vae", "llm", "detok1"], "meets_thresholds": True}))
-    assert presets.nano_meets_thresholds(tmp_path) is True
-    expected = ("nano" if presets.shipped_nano_finished() and presets.nano_meets_thresholds()
-                else "tiny")
-    assert presets.DEFAULT_PRESET == expected
-    from seedx_agent import cli
-    assert cli.DEFAULT_MODEL == presets.DEFAULT_PRESET
+    assert manifest.meets_thresholds(tmp_path) is True
+    expected = manifest.is_finished() and manifest.meets_thresholds()  # the shipped weights
+    assert nano_preset().default is expected
+    # what from_pretrained() and the CLI load when given no model
+    assert seedx_agent.default_preset() == ("nano" if expected else "tiny")
 
 
-def test_presets_import_without_torch():
-    code = ("import sys, seedx_agent, seedx_agent.presets as p, seedx_agent.cli; "
-            "assert 'torch' not in sys.modules; print(p.DEFAULT_PRESET)")
+def test_the_plugin_imports_without_torch():
+    """Plugin discovery and the CLI import every plugin and list the presets at start-up."""
+    code = ("import sys, seedx_agent, seedx_nano, seedx_nano.cli; "
+            "from seedx_agent.presets import presets; assert 'nano' in presets(); "
+            "print(seedx_agent.default_preset()); assert 'torch' not in sys.modules, 'torch'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("nano", "tiny")
+
+
+def test_nano_adds_its_evaluation_to_the_eval_group():
+    import click
+
+    import seedx_nano
+
+    cli = click.Group("seedx", commands=[click.Group("eval")])
+    seedx_nano.register_commands(cli=cli)
+    command = cli.commands["eval"].commands["nano"]
+    assert {"--n", "--json", "--smoke", "--model", "--threads"} <= {
+        opt for param in command.params for opt in param.opts}

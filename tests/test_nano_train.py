@@ -1,29 +1,61 @@
-"""The SEED-X Nano training pipeline: a ``--smoke`` run of every stage, and resume == straight.
+"""The SEED-X Nano training pipeline (``python -m seedx_nano.train``).
 
-The smoke run uses the real Nano sizes (the same classes as the shipped model) on a few dozen
-scenes, with one or two steps per stage, so CI proves that data, ViT, VAE, feature caching, LLM
-pre-training, both de-tokenizer stages, the LoRA adapters and the export still run end to end.
+* A run directory made by the pipeline before the move (``core_models.nano.train`` at be3f654,
+  ``fixtures/nano_run_be3f654``: data done, ``vit`` interrupted after step 1 of 2) resumes
+  through the new entry point: ``vit`` continues from its checkpoint, then every later stage and
+  the export run. That resumed run is also this module's smoke run: the real Nano sizes on a few
+  dozen scenes, one or two steps per stage, so CI proves that data, ViT, VAE, feature caching,
+  LLM pre-training, both de-tokenizer stages, the LoRA adapters and the export still run.
+* Every file a run holds loads with ``torch.load(weights_only=True)``; old checkpoints need
+  exactly the NumPy RNG globals allowlisted, anything else is refused with a clear error.
+* The data stage run from scratch renders exactly what the old code rendered.
+* A resumed stage equals a straight run of the same steps, bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
+import pickle
 import shutil
-import time
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from core_models.nano import train
-from core_models.nano.config import nano_config
+from seedx_nano.config import nano_config
+from seedx_nano.train.__main__ import main
+from seedx_nano.train.checkpoint import CheckpointError, OLD_NUMPY_RNG_GLOBALS, load_checkpoint
+from seedx_nano.train.export import SIZE_LIMIT_BYTES
+from seedx_nano.train.plan import STAGES, TRAINED
+
+OLD_RUN = Path(__file__).parent / "fixtures" / "nano_run_be3f654"
+
+
+def train(*argv: str) -> tuple[int, str]:
+    """``python -m seedx_nano.train ARGV`` in-process, one thread; (exit status, log)."""
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        status = main([*argv, "--threads", "1"])
+    return status, log.getvalue()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nano") / "run"
-    started = time.time()
-    assert train.main(["--out", str(out), "--smoke"]) == 0
-    return out, time.time() - started
+    shutil.copytree(OLD_RUN, out)
+    status, log = train("--out", str(out), "--smoke")
+    assert status == 0, log
+    return out, log
 
 
 def test_nano_config_is_a_seedx_config():
@@ -34,19 +66,39 @@ def test_nano_config_is_a_seedx_config():
     assert cfg.unet["cross_attention_dim"] == 128
 
 
+# --- a run made before the move -------------------------------------------------------------------
+
+def test_the_old_run_resumes_its_interrupted_stage_from_the_checkpoint(smoke_run):
+    out, log = smoke_run
+    old = load_checkpoint(OLD_RUN / "stages" / "vit" / "ckpt.pt")
+    assert old["step"] == 1 and not (OLD_RUN / "stages" / "vit" / "done.json").exists()
+    assert "[data] already done, skipped" in log
+    assert "[vit] resumed at step 1/2" in log
+    done = json.loads((out / "stages" / "vit" / "done.json").read_text())
+    assert done["resumed_from"] == 1 and done["steps"] == 2
+    new = torch.load(out / "stages" / "vit" / "ckpt.pt", weights_only=True)
+    assert [h["step"] for h in new["history"]] == [1, 2]
+    assert new["history"][0] == old["history"][0]  # step 1 was not trained again
+    # the old data files were used as they are, not rendered again
+    for path in (OLD_RUN / "data").rglob("*"):
+        if path.is_file():
+            assert digest(path) == digest(out / "data" / path.relative_to(OLD_RUN / "data")), path
+
+
 def test_smoke_runs_every_stage(smoke_run):
-    out, seconds = smoke_run
-    for stage in train.STAGES:
+    out, _ = smoke_run
+    for stage in STAGES:
         assert (out / "stages" / stage / "done.json").is_file(), stage
     vae = json.loads((out / "stages" / "vae" / "done.json").read_text())
-    assert vae["steps"] == 2 and vae["scaling_factor"] > 0
+    assert vae["steps"] == 2 and vae["resumed_from"] == 0 and vae["scaling_factor"] > 0
     for stage in ("vit", "vae", "llm", "detok1", "detok2"):
         assert list((out / "stages" / stage).glob("*.fp16.safetensors")), stage
     manifest = json.loads((out / "export" / "nano_manifest.json").read_text())
-    assert set(manifest["finished_stages"]) == set(train.TRAINED)
-    assert manifest["bytes"] <= train.SIZE_LIMIT_BYTES
+    assert set(manifest["finished_stages"]) == set(TRAINED)
+    assert manifest["bytes"] <= SIZE_LIMIT_BYTES
     assert {"seed_x_i", "seed_x_edit", "tryon", "slide", "story", "designer"} <= set(manifest["adapters"])
-    # How long it took is a benchmark's business, not a test's (seconds is kept for the log).
+    assert manifest["render_defaults"] == dict(seed=42, num_inference_steps=2, guidance_scale=3.0)
+    # How long it took is a benchmark's business, not a test's.
 
 
 def test_export_loads_through_the_release_loader(smoke_run):
@@ -59,6 +111,54 @@ def test_export_loads_through_the_release_loader(smoke_run):
     assert (out / "export" / "adapters" / "tryon" / "adapter_config.json").is_file()
 
 
+# --- what is on disk, and how it is read ------------------------------------------------------------
+
+def test_every_file_of_a_run_loads_with_weights_only(smoke_run):
+    """Checkpoints, data and feature caches: tensors and plain Python only, no allowlist."""
+    out, _ = smoke_run
+    files = sorted(out.rglob("*.pt"))
+    assert {p.parent.name for p in files} >= {"data", "features", "vit", "vae", "llm", "detok1",
+                                              "detok2", "lora_tryon"}
+    for path in files:
+        state = torch.load(path, weights_only=True)
+        if path.name == "ckpt.pt":
+            assert isinstance(state["rng"]["numpy"], dict), path
+
+
+def test_old_checkpoints_need_exactly_the_numpy_rng_globals(tmp_path):
+    old = OLD_RUN / "stages" / "vit" / "ckpt.pt"
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(old, weights_only=True)
+    with torch.serialization.safe_globals(OLD_NUMPY_RNG_GLOBALS):
+        torch.load(old, weights_only=True)
+    state = load_checkpoint(old)
+    assert state["rng"]["numpy"][0] == "MT19937" and state["rng"]["numpy"][1].dtype == np.uint32
+    # anything beyond that state is refused, and the error says what the file asked for
+    for name, foreign, named in (("path", Path("/etc"), "PosixPath"),
+                                 ("float_array", np.zeros(3), "Float64DType")):
+        bad = tmp_path / f"{name}.pt"
+        torch.save(dict(step=1, extra=foreign), bad)
+        with pytest.raises(CheckpointError, match="refusing to unpickle") as err:
+            load_checkpoint(bad)
+        assert str(bad) in str(err.value) and named in str(err.value)
+
+
+def test_the_data_stage_renders_what_the_old_code_rendered(tmp_path):
+    """From scratch, stage ``data`` gives the fixture's tokenizer and the same tensors."""
+    status, log = train("--out", str(tmp_path), "--smoke", "--stages", "data")
+    assert status == 0, log
+    new, old = tmp_path / "data", OLD_RUN / "data"
+    assert digest(new / "tokenizer" / "tokenizer.model") == digest(old / "tokenizer" / "tokenizer.model")
+    for path in sorted(old.glob("*.pt")):
+        a, b = torch.load(path, weights_only=True), torch.load(new / path.name, weights_only=True)
+        assert a.keys() == b.keys(), path.name
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                assert torch.equal(a[key], b[key]), (path.name, key)
+            else:
+                assert a[key] == b[key], (path.name, key)
+
+
 def test_resume_equals_straight_run(smoke_run, tmp_path):
     src, _ = smoke_run
     runs = {}
@@ -69,17 +169,32 @@ def test_resume_equals_straight_run(smoke_run, tmp_path):
         runs[name] = dst
     common = ["--smoke", "--stages", "vit", "--steps", "vit=4", "--no-export"]
     # 2 steps, then a stop (as on SIGINT): checkpoint written, no done.json, exit code 130
-    assert train.main(["--out", str(runs["resumed"]), *common, "--interrupt-after", "vit=2"]) == 130
-    ckpt = torch.load(runs["resumed"] / "stages" / "vit" / "ckpt.pt", weights_only=False)
+    assert train("--out", str(runs["resumed"]), *common, "--interrupt-after", "vit=2")[0] == 130
+    ckpt = torch.load(runs["resumed"] / "stages" / "vit" / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 2
     assert not (runs["resumed"] / "stages" / "vit" / "done.json").exists()
-    assert train.main(["--out", str(runs["resumed"]), *common]) == 0  # resumes to 4
-    assert train.main(["--out", str(runs["straight"]), *common]) == 0  # 4 straight
-    a = torch.load(runs["resumed"] / "stages" / "vit" / "ckpt.pt", weights_only=False)
-    b = torch.load(runs["straight"] / "stages" / "vit" / "ckpt.pt", weights_only=False)
+    assert train("--out", str(runs["resumed"]), *common)[0] == 0  # resumes to 4
+    assert train("--out", str(runs["straight"]), *common)[0] == 0  # 4 straight
+    a = torch.load(runs["resumed"] / "stages" / "vit" / "ckpt.pt", weights_only=True)
+    b = torch.load(runs["straight"] / "stages" / "vit" / "ckpt.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
     for module in ("vit", "heads"):
         for key, value in a["modules"][module].items():
             assert torch.equal(value, b["modules"][module][key]), key
     done = json.loads((runs["resumed"] / "stages" / "vit" / "done.json").read_text())
-    assert done["steps"] == 4
+    assert done["steps"] == 4 and done["resumed_from"] == 2
+
+
+def test_the_entry_point_keeps_the_old_flags():
+    """``python -m seedx_nano.train`` (also what the parallel LLM lane runs) takes the flags the
+    old ``python -m core_models.nano.train`` took, with the new default export folder."""
+    result = subprocess.run([sys.executable, "-m", "seedx_nano.train", "--help"],
+                            capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    for flag in ("--out", "--smoke", "--stages", "--steps", "--minutes", "--minutes-per-stage",
+                 "--batch", "--lr", "--seed", "--threads", "--n-scenes", "--n-examples",
+                 "--n-pairs", "--n-eval", "--eval-samples", "--ckpt-every", "--log-every",
+                 "--parallel", "--no-parallel", "--no-export", "--export-dir"):
+        assert flag in result.stdout, flag
+    assert "python -m seedx_nano.train" in result.stdout
+    assert str(Path("plugins") / "seedx_nano" / "weights") in result.stdout

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from core_models.nano import world
-from core_models.nano.analyser import analyse, analyse_garment, analyse_person
-from core_models.nano.metrics import (PSNR_CAP, caption_attr_accuracy, count_correct, edit_correct,
+from seedx_nano import world
+from seedx_nano.analyser import analyse, analyse_garment, analyse_person
+from seedx_nano.metrics import (PSNR_CAP, caption_attr_accuracy, count_correct, edit_correct,
                                       grounding_iou, iou, parse_caption, psnr_outside,
                                       t2i_correct, tryon_correct)
-from core_models.nano.tasks import (EVAL_SEED_BASE, TASKS, TRAIN_SEED_BASE, Example, box_tokens,
+from seedx_nano.tasks import (EVAL_SEED_BASE, TASKS, TRAIN_SEED_BASE, Example, box_tokens,
                                     caption, iter_examples, loc_bins, make_example, parse_boxes,
                                     sample_task)
-from core_models.nano.world import (COLOURS, POSITIONS, Edit, Garment, Obj, Scene, boxes_clash,
+from seedx_nano.world import (COLOURS, POSITIONS, Edit, Garment, Obj, Scene, boxes_clash,
                                     dress, move, object_gap, place, position_of, random_garment,
                                     random_person, random_scene, shirt_region)
 

@@ -47,7 +47,7 @@ def test_load_plugins_subset_and_none(tmp_path):
 
 
 def test_trace_plugins_prints_hook_calls(tmp_path):
-    code = "from seedx_agent.skills import SkillHost; SkillHost()"
+    code = "from seedx_agent.skill_host import SkillHost; SkillHost()"
     quiet = run_python(code, tmp_path)
     assert "register_skills" not in quiet.stderr
     traced = run_python(code, tmp_path, {"SEEDX_TRACE_PLUGINS": "1"})
@@ -89,7 +89,8 @@ USE_THIRD_PARTY = '''
 import json, sys
 from pathlib import Path
 from seedx_agent.plugins import get_plugins
-from seedx_agent.skills import SkillContext, SkillHost, SkillReply, SkillRequest
+from seedx_agent.skill_host import SkillHost
+from seedx_agent.skills import SkillContext, SkillReply, SkillRequest
 from seedx_agent.types import TextPart
 
 host = SkillHost()
@@ -121,8 +122,9 @@ def test_third_party_distribution_is_loaded_and_used(tmp_path):
             "hooks": ["register_skills"]} in out["plugins"]
     assert out["skills"] == ["echo", "grounding"]
     assert out["events"] == [{
-        "type": "action_event", "schema_version": 1,
-        "action": {"type": "action", "schema_version": 1, "skill": "echo", "action": "echo",
+        "type": "action_event", "schema_version": 2, "summary": "echoed",
+        "artifacts": [str((artifacts / "echo" / "echo.txt").resolve())],
+        "action": {"type": "action", "schema_version": 2, "skill": "echo", "action": "echo",
                    "version": 2, "payload": {"text": "hello there"}}}]
     assert (artifacts / "echo" / "echo.txt").read_text() == "hello there"
 
@@ -133,6 +135,6 @@ def test_third_party_distribution_is_loaded_and_used(tmp_path):
 
 
 def test_plugins_and_skills_do_not_import_torch(tmp_path):
-    code = ("import sys, seedx_agent, seedx_agent.plugins, seedx_agent.skills, seedx_grounding; "
-            "seedx_agent.skills.SkillHost(); assert 'torch' not in sys.modules, 'torch imported'")
+    code = ("import sys, seedx_agent, seedx_agent.plugins, seedx_agent.skill_host, seedx_grounding; "
+            "seedx_agent.skill_host.SkillHost(); assert 'torch' not in sys.modules, 'torch imported'")
     run_python(code, tmp_path)

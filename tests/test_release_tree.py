@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from core_models import checkpoint as ckpt
-from core_models.checkpoint import CheckpointError, SeedXPaths, convert_to_safetensors
+from core_models.checkpoint import CheckpointError, SeedXPaths, convert_to_safetensors, reading
 from core_models.stack import SeedXStack, load_agent, load_detokenizer, load_vit
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -182,8 +182,8 @@ def vit_io():
 
 def test_vit_from_qwen_vl_chat_shards_reproduces_golden(paths, vit_io, monkeypatch):
     opened = []
-    real = ckpt.load_state_dict_file
-    monkeypatch.setattr(ckpt, "load_state_dict_file", lambda p, **kw: opened.append(Path(p).name) or real(p, **kw))
+    real = reading.load_state_dict_file
+    monkeypatch.setattr(reading, "load_state_dict_file", lambda p, **kw: opened.append(Path(p).name) or real(p, **kw))
     vit = load_vit(paths.vit, vit=vit_args(), dtype=torch.float32, progress=False)
     assert "pytorch_model-00003-of-00003.bin" not in opened  # no transformer.visual.* there: never read
     inputs, outputs = vit_io
@@ -344,3 +344,35 @@ def test_tiny_stack_round_trips_through_the_release_loader(tmp_path, caplog):
         ref, got = stack.detokenizer(stage).state_dict(), exact.detokenizer(stage).state_dict()
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), stage
     assert exact.detokenizer(1).vae is exact.vae and exact.detokenizer(1).vit is exact.vit
+
+
+def test_custom_size_tree_without_seedx_config_needs_its_config(tmp_path):
+    """A tree of non-official sizes that lost its ``seedx_config.json`` cannot be sized from its
+    files (the ViT and resampler sizes are recorded nowhere else): the error names both ways out,
+    and ``config=`` loads it, for planning (`config_from_paths`) as for loading."""
+    from core_models.config import SeedXConfig
+    from core_models.stack import config_from_paths
+
+    tiny = SeedXConfig.tiny().to_dict()
+    cfg = SeedXConfig.from_dict({
+        **tiny, "llm": {**tiny["llm"], "hidden_size": 96, "intermediate_size": 256},
+        "input_resampler": {**tiny["input_resampler"], "embed_dim": 96},
+        "output_resampler": {**tiny["output_resampler"], "kv_dim": 96}})
+    stack = SeedXStack.from_config(cfg, seed=5)
+    root = stack.save_pretrained(tmp_path / "custom", stages=(1,))
+    (root / "seedx_config.json").unlink()
+
+    with pytest.raises(ValueError, match="inconsistent SeedXConfig") as err:
+        SeedXStack.from_pretrained(root, dtype=torch.float32, progress=False)
+    message = str(err.value)
+    assert "config=" in message and "seedx_config.json" in message
+    assert "Runtime.from_pretrained" in message and "SeedXStack.from_pretrained" in message
+
+    assert config_from_paths(SeedXPaths.resolve(root, "seed_x_i"), config=cfg) is cfg
+    loaded = SeedXStack.from_pretrained(root, dtype=torch.float32, progress=False, config=cfg)
+    assert loaded.config == cfg
+    for name in ("vit", "agent"):
+        ref, got = getattr(stack, name).state_dict(), getattr(loaded, name).state_dict()
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), name
+    ref, got = stack.detokenizer(1).state_dict(), loaded.detokenizer(1).state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)

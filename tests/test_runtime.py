@@ -28,7 +28,7 @@ def test_tiny_preset_says_it_is_untrained(rt):
     about = rt.describe()
     assert rt.untrained and about["untrained"] and about["model"] == "tiny"
     assert {"seed_x", "seed_x_i", "seed_x_edit"} <= set(about["variants"])
-    assert rt.default_num_inference_steps == 4
+    assert rt.render_defaults.num_inference_steps == 4
     with pytest.raises(KeyError, match="unknown variant"):
         rt.open_session(variant="seed_x_nope")
 
@@ -151,11 +151,11 @@ def test_turn_done_hook_sees_every_stored_turn(rt, tmp_path):
     try:
         session = rt.open_session(store=SessionStore(tmp_path), max_new_tokens=3)
         session.ask("One.")
-        session.ask("Two.", [b"not an image"])  # failed: not stored, not observed
+        session.ask("Two.", [b"not an image"])  # failed: stored as failed, observed
         session.ask("Three.")
     finally:
         pm.unregister(observer)
-    assert seen == [(session.id, 0, "done"), (session.id, 1, "done")]
+    assert seen == [(session.id, 0, "done"), (session.id, 1, "failed"), (session.id, 2, "done")]
 
 
 # --- variants ------------------------------------------------------------------------------------

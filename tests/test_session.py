@@ -12,6 +12,7 @@ import io
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,7 +23,8 @@ from core_models.generation import GenerationSession
 from helpers import synthetic_image
 from seedx_agent.hookspecs import hookimpl
 from seedx_agent.runtime import Runtime
-from seedx_agent.skills import Skill, SkillHost
+from seedx_agent.skill_host import SkillHost
+from seedx_agent.skills import Skill
 from seedx_agent.testing import Reply, image_features, replay_runtime, stop_replay
 from seedx_agent.types import (EVENT_ADAPTER, PART_ADAPTER, BoxPart, DenoiseStep, ErrorEvent,
                                ImageDone, ImagePart, ImageStarted, Notice, TextDelta, TextPart,
@@ -92,7 +94,7 @@ def test_replay_runs_dry_with_a_clear_error(rt, replay):
     assert done_of(events).finish_reason == "error"
     (error,) = of_type(events, ErrorEvent)
     assert "no recorded reply left" in error.message and "replay.push" in error.message
-    assert len(session.history) == 1
+    assert [t.status for t in session.history] == ["done", "failed"]
 
     # a stored turn's reply ids replay as they are (its EOS was cropped: put it back)
     rt.replay.push([*session.history[0].context.reply_ids, rt.tokenizer.eos_token_id])
@@ -157,7 +159,7 @@ def test_force_image_switch_makes_an_image(rt):
     (image,) = [e.image for e in of_type(events, ImageDone)]
     assert image in done.parts and image.role == "generated"
     assert (image.provenance.variant, image.provenance.detokenizer_stage, image.provenance.seed,
-            image.provenance.steps) == ("seed_x_i", 1, 7, 2)
+            image.provenance.num_inference_steps) == ("seed_x_i", 1, 7, 2)
     ids = session.history[0].context.reply_ids
     assert ids[0] == tok.boi_token_id and list(ids[1:Q + 1]) == list(tok.img_token_ids)[:Q]
 
@@ -188,8 +190,9 @@ def test_edit_turns_run_the_edit_variant_single_turn_on_the_latest_image(rt, rep
     (red,) = [p for p in edited.parts if isinstance(p, ImagePart) and p.role == "edited"]
     assert red.width == 2 * red.height  # the source's 2:1, not the de-tokenizer's square
     assert red.provenance.model_dump(exclude={"weights_fingerprint", "schema_version"}) == dict(
-        model="tiny", variant="seed_x_edit", seed=3, steps=2, guidance=6.0, image_guidance=1.2,
-        scheduler="EulerDiscreteScheduler", detokenizer_stage=2, parent_image=source.image_id)
+        model="tiny", variant="seed_x_edit", seed=3, num_inference_steps=2, guidance_scale=6.0,
+        image_guidance_scale=1.2, scheduler="EulerDiscreteScheduler", detokenizer_stage=2,
+        parents=(source.image_id,))
     turn = session.history[1]
     assert turn.variant == "seed_x_edit" and turn.request.edit
     assert turn.context.in_context is False and turn.context.grids == ("1x1",)
@@ -201,7 +204,7 @@ def test_edit_turns_run_the_edit_variant_single_turn_on_the_latest_image(rt, rep
 
     bluer = session.ask("Make it bluer.", edit=True)
     (blue,) = [p for p in bluer.parts if isinstance(p, ImagePart) and p.role == "edited"]
-    assert blue.provenance.parent_image == red.image_id  # the latest output, not the photo
+    assert blue.provenance.parents == (red.image_id,)  # the latest output, not the photo
     assert blue.width == 2 * blue.height and blue.provenance.seed == 42
 
     session.ask("What colour is it now?")
@@ -216,7 +219,7 @@ def test_edit_turn_needs_exactly_one_image(rt, replay):
     events = events_of(session, "Make it red.", [synthetic_image(64, 64, 1),
                                                  synthetic_image(64, 32, 2)], edit=True)
     assert "exactly one image" in of_type(events, ErrorEvent)[0].message
-    assert session.history == []
+    assert [(t.status, t.context) for t in session.history] == [("failed", None)] * 2
 
 
 # --- the KV cache ----------------------------------------------------------------------------------
@@ -403,10 +406,17 @@ def test_failed_turns_give_an_error_and_the_session_survives(rt, replay, boom_sk
     cached, turns = session.cached_tokens, len(session.history)
 
     def assert_failed(events, source, words):
-        assert done_of(events).finish_reason == "error"
+        nonlocal turns
+        done = done_of(events)
         (error,) = of_type(events, ErrorEvent)
         assert error.source == source and words in error.message
-        assert session.cached_tokens == cached and len(session.history) == turns
+        # the result says why, and the failed turn is in the history, outside the context
+        assert done.finish_reason == "error" and done.errors == (error,) and not done.ok
+        turns += 1
+        failed = session.history[-1]
+        assert len(session.history) == turns and failed.index == done.turn_index
+        assert failed.status == "failed" and failed.errors == (error,) and failed.context is None
+        assert session.cached_tokens == cached
 
     assert_failed(events_of(session, "Look.", [b"definitely not an image"]), "input", "image 1")
     absurd = Image.new("RGB", (3000, 20))
@@ -425,8 +435,12 @@ def test_failed_turns_give_an_error_and_the_session_survives(rt, replay, boom_sk
     # the model's side fails (here: recorded features of the wrong shape): rolled back
     assert_failed(events_of(session, "Draw."), "model", "shape")
 
-    assert session.ask("Still there?").finish_reason == "eos"
+    still = session.ask("Still there?")
+    assert still.finish_reason == "eos" and still.ok
     assert len(session.history) == turns + 1
+    # no failed turn was sent to the model again: the cache grew by the new turn alone
+    last = session.history[-1]
+    assert session.cached_tokens == cached + last.prompt_tokens + last.reply_tokens
 
 
 # --- context eviction ------------------------------------------------------------------------------
@@ -461,7 +475,7 @@ def test_a_turn_too_big_for_the_context_fails_without_evicting(rt, replay):
     events = events_of(session, "Too much.", images)
     (error,) = of_type(events, ErrorEvent)
     assert error.source == "context" and not of_type(events, Notice)
-    assert session.cached_tokens == cached and len(session.history) == 1
+    assert session.cached_tokens == cached and session.history[-1].status == "failed"
 
 
 # --- ViT cache -------------------------------------------------------------------------------------
@@ -561,6 +575,88 @@ def test_recorded_box_reply_is_grounded_on_a_non_square_input(rt, replay, tmp_pa
     assert Image.open(out / "crop_00_the-red-car.png").size == (160, 160)
     assert (out / "coco.json").is_file() and list(out.glob("annotated_*.png"))
     assert store.turns(session.id)[0].actions == (action,)
+    # the action event says what it did and where its files are; the turn keeps the paths
+    (event,) = [e for e in events if e.type == "action_event"]
+    assert event.summary.startswith("The red car: (240, 80) to (400, 240)")
+    assert {Path(a).name for a in event.artifacts} >= {"crop_00_the-red-car.png", "coco.json"}
+    assert all(Path(a).is_file() for a in event.artifacts) and done.artifacts == event.artifacts
+    assert store.turns(session.id)[0].artifacts == event.artifacts
+
+
+def test_without_a_store_or_artifact_dir_artifacts_go_to_a_reported_directory(
+        rt, replay, monkeypatch, tmp_path):
+    """No temporary directory of the session's own: the artifacts land under the user dir, in
+    the directory ``session.artifact_dir`` reports, and outlive nothing unexpectedly."""
+    import tempfile
+
+    from seedx_agent.plugins import get_plugins
+
+    if "grounding" not in [p["name"] for p in get_plugins()]:
+        pytest.skip("the seedx_grounding plugin is not installed")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("seedx_agent made a temporary directory")
+
+    monkeypatch.setenv("SEEDX_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse)
+    replay(Reply().text("The dot is at").box(112, 112, 40, 40).text(".").eos())
+    session = rt.open_session()
+    assert session.artifact_dir == tmp_path / "home" / "artifacts" / session.id
+    done = session.ask("Where is the dot?", [synthetic_image(200, 100, 3)], skill="grounding")
+    assert done.ok and done.artifacts
+    for path in done.artifacts:
+        assert Path(path).is_file() and Path(path).is_relative_to(session.artifact_dir)
+
+
+def test_a_bad_image_turn_is_recorded_failed_in_the_store(rt, tmp_path):
+    from seedx_agent.store import SessionStore
+
+    store = SessionStore(tmp_path / "store")
+    session = rt.open_session(store=store)
+    done = session.ask("What is this?", [b"not a picture at all"])
+    (error,) = done.errors
+    assert done.finish_reason == "error" and error.source == "input" and "image 1" in error.message
+    (stored,) = store.turns(session.id)
+    assert stored.status == "failed" and stored.errors == (error,)
+    assert stored.request.text == "What is this?" and stored.context is None
+    resumed = rt.open_session(store=store, session_id=session.id)
+    assert resumed.history[0].status == "failed"
+    assert resumed.ask("Hello?", max_new_tokens=3).ok  # never sent to the model again
+    assert resumed.history[-1].context.image_ids == ()
+
+
+def test_turn_options_are_one_model_from_keywords_to_the_detokenizer(rt, replay, monkeypatch):
+    """``seed``, ``num_inference_steps`` and ``guidance_scale`` reach the de-tokenizer by name,
+    unset ones come from the model's defaults, and provenance says the same."""
+    from seedx_agent import RenderDefaults, TurnOptions
+
+    seen = []
+    adapter = rt.stack.detokenizer(1)
+    real = adapter.generate
+
+    def recording(**kwargs):
+        seen.append({k: kwargs[k] for k in ("seed", "num_inference_steps", "guidance_scale")})
+        return real(**kwargs)
+
+    monkeypatch.setattr(adapter, "generate", recording)
+    monkeypatch.setattr(rt, "render_defaults", RenderDefaults(seed=5, num_inference_steps=1,
+                                                              guidance_scale=2.5))
+    replay(Reply().image(seed=1).eos(), Reply().image(seed=2).eos())
+    session = rt.open_session()
+    first = session.ask("Draw.", options=TurnOptions(seed=11, num_inference_steps=2),
+                        guidance_scale=5.0)
+    second = session.ask("Again.")
+    assert seen == [dict(seed=11, num_inference_steps=2, guidance_scale=5.0),
+                    dict(seed=5, num_inference_steps=1, guidance_scale=2.5)]
+    (drawn,) = [p for p in first.parts if isinstance(p, ImagePart)]
+    assert (drawn.provenance.seed, drawn.provenance.num_inference_steps,
+            drawn.provenance.guidance_scale) == (11, 2, 5.0)
+    assert session.history[0].request.options == dict(seed=11, num_inference_steps=2,
+                                                      guidance_scale=5.0)
+    assert second.ok
+    with pytest.raises(ValueError, match="guidance_scal"):
+        session.ask("Typo.", guidance_scal=3.0)
 
 
 def test_a_store_failure_is_reported_and_the_session_goes_on(rt, tmp_path, monkeypatch):

@@ -8,10 +8,8 @@ import pytest
 from pydantic import BaseModel
 
 from seedx_agent.plugins import pm
-from seedx_agent.skills import (
-    ActionResult, Skill, SkillContext, SkillError, SkillHost, SkillRegistrationError, SkillReply,
-    SkillRequest, hookimpl,
-)
+from seedx_agent.skill_host import SkillHost
+from seedx_agent.skills import ActionResult, Skill, SkillContext, SkillError, SkillRegistrationError, SkillReply, SkillRequest, hookimpl
 from seedx_agent.types import Action, BoxPart, ImagePart, TextPart
 
 RELEASE = threading.Event()  # lets the never-ending skill's thread end when the tests are done

@@ -48,7 +48,7 @@ def make_turn(s: SessionStore, session_id: str, index: int, *, seed: int = 0,
                                                                   target_kind="input"),
                ImagePart(image_id=out_id, width=8, height=8, role="edited",
                          provenance=Provenance(model="seed-x", variant="seed_x_edit", seed=seed,
-                                               parent_image=src_id))),
+                                               parents=(src_id,)))),
         # A plugin that is not installed here: its payload must survive as an opaque dict.
         actions=(Action(skill="thirdparty.layout", action="place", version=3,
                         payload={"items": [{"box": [1, 2, 3, 4], "label": "é"}], "z": None}),),
@@ -213,7 +213,9 @@ def test_crash_while_writing_an_image_leaves_no_trace(store: SessionStore,
     def crash(*_a, **_k):
         raise Crash("killed before the rename")
 
-    monkeypatch.setattr(store_mod.os, "replace", crash)
+    import core_models.files
+
+    monkeypatch.setattr(core_models.files.os, "replace", crash)
     with pytest.raises(Crash):
         store.put_image(pic)
     monkeypatch.undo()
@@ -454,20 +456,49 @@ def test_migration_hook_runs_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         session = s.create_session(title="old")
     calls: list[int] = []
 
-    def v1_to_v2(db: sqlite3.Connection) -> None:
+    current = store_mod.STORE_SCHEMA_VERSION
+
+    def next_step(db: sqlite3.Connection) -> None:
         calls.append(1)
         db.execute("ALTER TABLE sessions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
 
-    monkeypatch.setattr(store_mod, "STORE_SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {1: v1_to_v2})
+    monkeypatch.setattr(store_mod, "STORE_SCHEMA_VERSION", current + 1)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", {**store_mod.MIGRATIONS, current: next_step})
     with SessionStore(tmp_path) as s:
-        assert s.schema_version() == 2 and s.get_session(session.id) == session
+        assert s.schema_version() == current + 1 and s.get_session(session.id) == session
     SessionStore(tmp_path).close()
     assert calls == [1]
 
-    monkeypatch.setattr(store_mod, "STORE_SCHEMA_VERSION", 3)  # no step registered for 2 → 3
-    with pytest.raises(StoreError, match="no migration from store schema version 2"):
+    monkeypatch.setattr(store_mod, "STORE_SCHEMA_VERSION", current + 2)  # no step registered
+    with pytest.raises(StoreError, match=f"no migration from store schema version {current + 1}"):
         SessionStore(tmp_path)
+
+
+def test_a_store_written_by_schema_1_opens_and_migrates(tmp_path: Path) -> None:
+    """tests/fixtures/store_v1 was written by the code before the renames (its README)."""
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "store_v1", root)
+    with sqlite3.connect(root / "sessions.sqlite3") as raw:
+        assert raw.execute("SELECT value FROM schema_meta").fetchone() == ("1",)
+    with SessionStore(root) as s:
+        assert s.schema_version() == store_mod.STORE_SCHEMA_VERSION
+        (session,) = s.list_sessions()
+        grounding, drawing, edit = s.turns(session.id)
+        assert grounding.parts[2].type == "box" and grounding.actions[0].skill == "grounding"
+        (drawn,) = [p for p in drawing.parts if p.type == "image"]
+        (edited,) = [p for p in edit.parts if p.type == "image"]
+        assert (drawn.provenance.seed, drawn.provenance.num_inference_steps,
+                drawn.provenance.guidance_scale, drawn.provenance.parents) == (7, 2, 7.5, ())
+        assert edited.provenance.image_guidance_scale == 1.5
+        assert edited.provenance.parents == (drawn.image_id,)
+        assert s.get_image(edited.image_id).size == (edited.width, edited.height)
+        assert all(t.schema_version == store_mod.RECORD_SCHEMA_VERSION for t in (grounding, edit))
+        raw_row = s._db.execute("SELECT record FROM turns WHERE idx=1").fetchone()[0]
+        assert '"num_inference_steps":2' in raw_row and '"steps"' not in raw_row
+        exported = s.export(session.id, tmp_path / "export")
+    assert (exported / "images" / f"{drawn.image_id}.png").is_file()
 
 
 def test_importing_the_store_does_not_import_torch() -> None:

@@ -1,7 +1,7 @@
 """Grounding: every box SEED-X draws becomes a ``locate`` action you can see and reuse.
 
-A built-in skill written like a third-party plugin: it uses only ``seedx_agent.skills`` and
-``seedx_agent.types`` and is installed through the ``seedx`` entry point (pyproject.toml).
+A built-in skill written like a third-party plugin: it uses only the public ``seedx_agent``
+names and is installed through the ``seedx`` entry point (pyproject.toml).
 
 Which picture a box is on. SEED-X's boxes are 224-bin (centre-x, centre-y, width, height)
 fractions of *some* image and do not say which. We follow ``SkillReply.placed_boxes``: the box's
@@ -29,9 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -39,8 +37,8 @@ from typing import ClassVar
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, Field
 
-from seedx_agent.skills import ActionResult, Skill, SkillContext, SkillReply, hookimpl
-from seedx_agent.types import Action
+from seedx_agent import (Action, ActionResult, Skill, SkillContext, SkillReply, hookimpl,
+                         write_json)
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +123,7 @@ class GroundingSkill(Skill):
             _upsert(coco, box)
             annotated = out / f"annotated_{box.image_id[:12]}.png"
             draw_boxes(image, coco, box.image_id).save(annotated)
-            _write_json_atomic(out / COCO_NAME, coco)
+            write_json(out / COCO_NAME, coco, indent=1)  # never half a file, even on a crash
         artifacts += [annotated, out / COCO_NAME]
         x0, y0, x1, y1 = box.pixel_xyxy
         message = f"{box.phrase or UNNAMED}: ({x0:.0f}, {y0:.0f}) to ({x1:.0f}, {y1:.0f})"
@@ -199,14 +197,6 @@ def _upsert(coco: dict, box: Locate) -> None:
         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
         "seedx_box_index": box.index, "seedx_bins": list(box.bins)})
     coco["annotations"].sort(key=lambda a: a["id"])
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    """Write-then-rename, so a reader (or a crash) never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".coco-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _slug(text: str) -> str:

@@ -26,12 +26,12 @@ square on the bottom." 22). So the Nano trains its own SentencePiece BPE model o
 first 2000 training examples (deterministic: fixed text, one thread, no shuffling; 600 pieces
 with Llama's <unk>/<s>/</s> = 0/1/2 and byte fallback), about 1.1-1.4 pieces per word, then
 appends the 330 SEED-X added tokens in the official order (ids 600..929), so
-`SeedXTokenizer.from_pretrained` reads it like the release's folder. See ``train.train_tokenizer``.
+`SeedXTokenizer.from_pretrained` reads it like the release's folder. See ``seedx_nano.train.data.train_tokenizer``.
 """
 
 from __future__ import annotations
 
-from ..config import OFFICIAL_AGENT, OFFICIAL_LLM, OFFICIAL_RESOLUTION_GRIDS, SDXL_SCHEDULER, SeedXConfig
+from core_models.config import OFFICIAL_AGENT, OFFICIAL_LLM, OFFICIAL_RESOLUTION_GRIDS, SDXL_SCHEDULER, SeedXConfig
 
 NANO_VOCAB_SIZE = 930  # 600 SentencePiece pieces + 330 SEED-X added tokens
 NANO_RESOLUTION = 64

@@ -29,13 +29,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 from PIL import Image
 
+from core_models.boxes import LOC_BINS, bins_to_xyxy, xyxy_to_bins
+
 from .world import (COLOURS, PATTERNS, POSITIONS, SHAPES, Box, Edit, Garment, Obj, Page, Scene,
                     dress, place_among, position_of, random_garment, random_person,
                     random_scene, shirt_region)
 
 TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 10**9
-LOC_BINS = 224
 GEN_SIZE = (64, 64)            # the size of pictures the Nano draws from text alone
 DRAW_SIZE_FRACTION = 0.3       # a drawn object's size, of the shorter side
 EDIT_RESPONSE = "Here is the edited image."
@@ -80,10 +81,8 @@ class Example:
 
 
 def loc_bins(bbox: Box, width: float, height: float) -> tuple[int, int, int, int]:
-    """(cx, cy, w, h) of a pixel box in 224 bins of the picture (reference §8)."""
-    x0, y0, x1, y1 = bbox
-    values = ((x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height)
-    return tuple(min(max(int(v * LOC_BINS), 0), LOC_BINS - 1) for v in values)
+    """(cx, cy, w, h) of a pixel box in `LOC_BINS` bins of the picture (reference §8)."""
+    return xyxy_to_bins(bbox, width, height)
 
 
 def box_tokens(bbox: Box, width: float, height: float) -> str:
@@ -103,9 +102,7 @@ def parse_boxes(text: str, width: float, height: float) -> list[Box]:
         locs = [int(v) for v in _LOC.findall(inner)]
         if len(locs) != 4 or any(v >= LOC_BINS for v in locs):
             continue
-        cx, cy, w, h = (v / LOC_BINS for v in locs)
-        boxes.append(((cx - w / 2) * width, (cy - h / 2) * height,
-                      (cx + w / 2) * width, (cy + h / 2) * height))
+        boxes.append(bins_to_xyxy(tuple(locs), width, height))
     return boxes
 
 

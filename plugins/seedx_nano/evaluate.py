@@ -1,8 +1,10 @@
 """``seedx eval nano``: score SEED-X Nano on held-out scenes, through the product path.
 
-Every request goes through what a user of the agent runs: a `seedx_agent.runtime.Runtime`, a
-fresh `Session` per scene and ``Session.turn`` with the canonical phrasings of ``tasks`` (the
-variant that answers each task in ``tasks.TASKS``). Answers are scored with ``metrics``: text
+Every request goes through what a user of the agent runs, the public API only: a runtime from
+``seedx_agent.from_pretrained`` (or the Nano preset's loader for an export folder), a fresh
+session per scene and ``session.ask`` with the canonical phrasings of ``tasks`` (the variant that
+answers each task in ``tasks.TASKS``) and `TurnOptions` fields as keywords (``variant``,
+``max_new_tokens``, ``num_inference_steps``, ``guidance_scale``, ``edit``). Answers are scored with ``metrics``: text
 by the canonical formats, pictures by the model-free ``analyser`` (tolerant thresholds).
 
 =====================  ===========================================================================
@@ -28,8 +30,9 @@ with ``EVAL_BASE = tasks.EVAL_SEED_BASE + 3 * 10**8``. Training draws only below
 ``tasks.EVAL_SEED_BASE`` (and its own held-out sets from other offsets), so none of these scenes
 was trained on. Each metric uses ``n`` scenes (default 200); ``smoke`` uses ``SMOKE_N``.
 
-A metric whose component (from ``nano_manifest.json``'s finished stages) or variant is missing is
-None, with the reason in ``EvalReport.reasons`` (the CLI prints it on stderr).
+A metric whose component (from ``nano_manifest.json``'s finished stages) or variant is missing,
+or whose every turn failed, is None, with the reason in ``EvalReport.reasons`` (the CLI prints it
+on stderr). Pictures are drawn with the manifest's render defaults (`manifest.render_defaults`).
 
 The analyser check: the same scoring functions on the ground-truth answers of the same scenes
 (the exact renders) must score >= 99 % (``analyser_gt_acc``); ``canvas_ceiling`` is what a
@@ -51,9 +54,12 @@ from PIL import Image
 
 from . import metrics, tasks
 from .analyser import analyse
+from .manifest import WEIGHTS_DIR, read_manifest, render_defaults
 
 if TYPE_CHECKING:
-    from seedx_agent.runtime import Runtime
+    from seedx_agent import Runtime
+
+NANO = "nano"
 
 METRIC_KEYS = ("grounding_miou", "caption_attr_acc", "count_acc", "t2i_attr_acc", "edit_acc",
                "edit_psnr_outside", "tryon_acc")
@@ -155,7 +161,7 @@ def ground_truth_answer(suite: str, ex: tasks.Example, canvas: int | None = None
 def through_canvas(image: Image.Image, canvas: int, source_size: tuple[int, int] | None) -> Image.Image:
     """``image`` squeezed to the de-tokenizer's square and given back like the session gives
     an edit back: in the source's shape, the square's side as its long side
-    (``seedx_agent.session._same_aspect``)."""
+    (the session's rule for edits)."""
     square = image.convert("RGB").resize((canvas, canvas), Image.Resampling.BICUBIC)
     if source_size is None:
         return square
@@ -229,38 +235,29 @@ def _missing(suite: str, finished: set[str] | None, runtime: "Runtime") -> str |
             return f"not trained yet: {', '.join(absent)} (nano_manifest.json)"
     if variant not in runtime.variants:
         return f"no variant {variant!r} in this model"
-    try:
-        with runtime.lock("llm"):
-            runtime.agent(variant)
-    except Exception as exc:  # a dense variant whose weights are not in the folder
-        return f"variant {variant!r} cannot be loaded: {type(exc).__name__}: {exc}"
     return None
 
 
 def ask(runtime: "Runtime", suite: str, ex: tasks.Example, *, steps: int | None,
         guidance: float | None) -> Answer:
-    """One turn of ``ex`` on a fresh session, as a user of the agent would send it."""
-    from seedx_agent.types import BoxPart, ErrorEvent, ImagePart, TextPart, TurnDone
+    """One turn of ``ex`` on a fresh session, as a user of the agent would send it (``steps`` /
+    ``guidance`` None: the model's render defaults)."""
+    from seedx_agent import BoxPart, ImagePart, TextPart
 
     variant = SUITES[suite][3]
     session = runtime.open_session(variant=variant)
     options: dict[str, Any] = dict(variant=variant)
     if suite in ("t2i", "edit", "tryon"):
-        options.update(max_new_tokens=IMAGE_TOKENS, num_inference_steps=steps)
-        if guidance is not None:
-            options["guidance_scale"] = guidance
+        options.update(max_new_tokens=IMAGE_TOKENS, num_inference_steps=steps,
+                       guidance_scale=guidance)
     else:
         options["max_new_tokens"] = TEXT_TOKENS
     if suite == "edit":
         options["edit"] = True
-    answer, done = Answer(), None
-    for event in session.turn(ex.instruction, list(ex.images), **options):
-        if isinstance(event, ErrorEvent):
-            answer.error = f"{event.source}: {event.message}"
-        elif isinstance(event, TurnDone):
-            done = event
-    if done is None:
-        return answer
+    done = session.ask(ex.instruction, list(ex.images), **options)
+    answer = Answer()
+    if done.errors:
+        answer.error = "; ".join(f"{e.source}: {e.message}" for e in done.errors)
     answer.text = "".join(p.text for p in done.parts if isinstance(p, TextPart))
     answer.boxes = [p.pixel_xyxy for p in done.parts
                     if isinstance(p, BoxPart) and p.pixel_xyxy is not None]
@@ -280,18 +277,15 @@ def evaluate(model: str | Path | None = None, *, n: int = DEFAULT_N, smoke: bool
     Progress goes to ``log`` (a stream; None: quiet), one line per metric and every 25 scenes.
     ``on_answer(suite, k, example, answer)`` sees every answer (for sample sheets).
     """
-    from seedx_agent import presets
-
     say = _Log(sys.stderr if log == "stderr" else log)
     n = SMOKE_N if smoke else n
     if runtime is None:
         runtime = _load(model)
-    root = _model_root(model, runtime)
-    manifest = presets.nano_manifest(root) if root is not None else None
+    root = _model_root(model)
+    manifest = read_manifest(root) if root is not None else None
     finished = set(manifest.get("finished_stages", ())) if manifest else None
-    plan = (manifest or {}).get("plan") or {}
-    steps = int(plan["sample_steps"]) if plan.get("sample_steps") else None
-    guidance = float(plan["guidance"]) if plan.get("guidance") else None
+    drawing = render_defaults(manifest)
+    steps, guidance = drawing.get("num_inference_steps"), drawing.get("guidance_scale")
     canvas = int(runtime.config.image_size)
 
     report = EvalReport(scores={k: None for k in METRIC_KEYS}, model=runtime.name, n=n)
@@ -316,10 +310,11 @@ def evaluate(model: str | Path | None = None, *, n: int = DEFAULT_N, smoke: bool
             f"{suite_seed(suite, n - 1)}), variant {SUITES[suite][3]}")
         started = time.monotonic()
         values: dict[str, list[float]] = {k: [] for k in keys}
-        errors, images = 0, 0
+        errors, images, first_error = 0, 0, None
         for k, ex in enumerate(examples):
             answer = ask(runtime, suite, ex, steps=steps, guidance=guidance)
             errors += answer.error is not None
+            first_error = first_error or answer.error
             images += answer.image is not None
             for key, value in score(suite, ex, answer).items():
                 if value is not None:
@@ -332,7 +327,10 @@ def evaluate(model: str | Path | None = None, *, n: int = DEFAULT_N, smoke: bool
         seconds = time.monotonic() - started
         for key in keys:
             report.scores[key] = _mean(values[key])
-            if report.scores[key] is None:
+            if errors == n:
+                report.scores[key] = None
+                report.reasons[key] = f"every turn failed (first: {first_error})"
+            elif report.scores[key] is None:
                 report.reasons[key] = "no scene gave a measurable answer (no picture came back)"
         report.details[suite] = dict(n=n, seconds=round(seconds, 2), turn_errors=errors,
                                      pictures=images if suite in ("t2i", "edit", "tryon") else None,
@@ -355,25 +353,23 @@ def _fmt(value: float | None) -> str:
 
 
 def _load(model: str | Path | None) -> "Runtime":
-    from seedx_agent import presets
-    from seedx_agent.runtime import Runtime
+    import seedx_agent
 
-    if model is None or str(model) == presets.NANO_PRESET:
-        return presets.build(presets.NANO_PRESET)
+    from .preset import build_nano
+
+    if model is None or str(model) == NANO:
+        return seedx_agent.from_pretrained(NANO)
     root = Path(model)
-    if presets.nano_manifest(root) is not None:  # an export folder: the Nano preset's loader
-        return presets.build_nano(root=root, name=str(root))
-    return Runtime.from_pretrained(str(model))
+    if read_manifest(root) is not None:  # an export folder: the Nano preset's loader
+        return build_nano(root=root, name=str(root))
+    return seedx_agent.from_pretrained(str(model))
 
 
-def _model_root(model: str | Path | None, runtime: "Runtime") -> Path | None:
-    from seedx_agent import presets
-
-    if model is None or str(model) == presets.NANO_PRESET:
-        return presets.nano_dir()
-    if str(model) in presets.PRESETS:
-        return None
-    return Path(model)
+def _model_root(model: str | Path | None) -> Path | None:
+    """The folder whose manifest describes ``model`` (None: a preset that is not the Nano)."""
+    if model is None or str(model) == NANO:
+        return WEIGHTS_DIR
+    return Path(model) if Path(model).exists() else None
 
 
 # --- the command ------------------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The export's ``nano_manifest.json``: what a Nano folder says about its own training.
+
+The export (`seedx_nano.train.export`) writes it beside the release layout; the preset reads it to
+know which components are trained (the rest get random stand-ins and a notice), whether the Nano
+has met its quality thresholds (only then is it the default model), and how it draws by default;
+``seedx eval nano`` reads it to skip what is not trained yet. Keys: ``model``, ``base_variant``,
+``adapters``, ``finished_stages``, ``plan`` (the training `Plan`), ``metrics``, ``bytes``,
+optionally ``render_defaults``, ``variants`` and ``meets_thresholds``.
+
+No torch here: the CLI and plugin discovery read manifests at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"   # where the trained Nano ships
+MANIFEST_NAME = "nano_manifest.json"
+# Training stages and the components they produce (seedx_nano.train).
+STAGE_COMPONENTS: dict[str, str] = {
+    "vit": "ViT visual tokenizer",
+    "vae": "VAE",
+    "llm": "LLM (text, boxes, image features)",
+    "detok1": "de-tokenizer stage 1 (drawing)",
+    "detok2": "de-tokenizer stage 2 (editing, try-on)",
+    "lora": "task adapters (LoRA)",
+}
+REQUIRED_FOR_DEFAULT = ("vit", "vae", "llm", "detok1")  # describe, ground, count and draw
+
+
+def read_manifest(root: str | Path | None = None) -> dict[str, Any] | None:
+    """The manifest of the Nano at ``root`` (default: the shipped weights), or None."""
+    path = Path(root if root is not None else WEIGHTS_DIR) / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def finished_stages(root: str | Path | None = None) -> set[str]:
+    manifest = read_manifest(root)
+    return set(manifest.get("finished_stages", ())) if manifest else set()
+
+
+def is_finished(root: str | Path | None = None,
+                required: tuple[str, ...] = REQUIRED_FOR_DEFAULT) -> bool:
+    """True when the Nano at ``root`` has finished every stage in ``required``."""
+    return set(required) <= finished_stages(root)
+
+
+def meets_thresholds(root: str | Path | None = None) -> bool:
+    """True once ``seedx eval nano`` showed the Nano meets issue 4's thresholds (recorded as
+    ``"meets_thresholds": true`` together with the measured numbers).
+
+    A Nano that has finished training but answers below the thresholds is available by name
+    without becoming everyone's default.
+    """
+    manifest = read_manifest(root)
+    return bool(manifest and manifest.get("meets_thresholds") is True)
+
+
+def render_defaults(manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """How this Nano draws unless a turn says otherwise, as `seedx_agent.RenderDefaults` fields.
+
+    A ``render_defaults`` mapping in the manifest wins (the export writes one); an export made
+    before it did gives the values its evaluation sampled with: ``plan.sample_steps`` Euler
+    steps at ``plan.guidance``. Fields it does not name keep the runtime's defaults.
+    """
+    manifest = manifest or {}
+    given = manifest.get("render_defaults")
+    if isinstance(given, dict):
+        return dict(given)
+    plan = manifest.get("plan") or {}
+    out: dict[str, Any] = {}
+    if plan.get("sample_steps"):
+        out["num_inference_steps"] = int(plan["sample_steps"])
+    if plan.get("guidance") is not None:
+        out["guidance_scale"] = float(plan["guidance"])
+    return out

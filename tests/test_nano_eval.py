@@ -5,8 +5,7 @@
   text metrics (proves the plumbing: prompts, box placement, parsing, scoring);
 * ``seedx eval nano --smoke --json`` on a (random-weight) Nano export prints one JSON object with
   exactly the seven keys, numbers in range or null with a reason on stderr. The command runs
-  inside a click group shaped like the core CLI's (``seedx`` > ``eval``), to which the plugin's
-  ``register_commands`` hook adds it.
+  through the core CLI's click group, to which the plugin's ``register_commands`` hook adds it.
 
 The export is the random-weight one of ``test_nano_preset`` (seconds to write).
 """
@@ -88,14 +87,11 @@ def test_ground_truth_answers_through_the_product_path_score_perfect(export):
 
 
 def seedx_eval(*args: str):
-    """``seedx eval ARGS`` on a group shaped like the core CLI's, with the plugin's commands."""
-    import click
+    """``seedx eval ARGS`` through the core CLI, to which the plugin's hook added ``nano``."""
     from click.testing import CliRunner
 
-    import seedx_nano
+    from seedx_agent.cli import cli
 
-    cli = click.Group("seedx", commands=[click.Group("eval")])
-    seedx_nano.register_commands(cli=cli)
     return CliRunner().invoke(cli, ["eval", *args], catch_exceptions=False)
 
 

@@ -93,6 +93,10 @@ def test_smoke_runs_every_stage(smoke_run):
     assert vae["steps"] == 2 and vae["resumed_from"] == 0 and vae["scaling_factor"] > 0
     for stage in ("vit", "vae", "llm", "detok1", "detok2"):
         assert list((out / "stages" / stage).glob("*.fp16.safetensors")), stage
+    # the stages' own evaluations ran (they record an error instead of failing the stage)
+    for stage, key in (("llm", "generation"), ("detok1", "heldout"), ("detok2", "heldout")):
+        evaluation = json.loads((out / "stages" / stage / "done.json").read_text())[key]
+        assert "error" not in evaluation, (stage, evaluation)
     manifest = json.loads((out / "export" / "nano_manifest.json").read_text())
     assert set(manifest["finished_stages"]) == set(TRAINED)
     assert manifest["bytes"] <= SIZE_LIMIT_BYTES

@@ -126,7 +126,7 @@ def _partial_nano(root: Path, base: str, finished: set[str], name: str, **kwargs
     from seedx_agent import Runtime
 
     progress = kwargs.get("progress")
-    config = SeedXConfig.load(root / "seedx_config.json")
+    config = kwargs.pop("config", None) or SeedXConfig.load(root / "seedx_config.json")
     # Like the tiny preset: every variant is the same (untrained) network.
     runtime = Runtime.from_config(config, tokenizer_dir=root / ckpt.TOKENIZER_DIRNAME, name=name,
                                   variant=base, **kwargs)

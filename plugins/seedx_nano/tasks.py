@@ -32,7 +32,7 @@ from PIL import Image
 from core_models.boxes import LOC_BINS, bins_to_xyxy, xyxy_to_bins
 
 from .world import (COLOURS, PATTERNS, POSITIONS, SHAPES, Box, Edit, Garment, Obj, Page, Scene,
-                    dress, place_among, position_of, random_garment, random_person,
+                    dress, place_among, position_of, random_person,
                     random_scene, shirt_region)
 
 TRAIN_SEED_BASE = 0

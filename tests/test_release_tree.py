@@ -376,3 +376,24 @@ def test_custom_size_tree_without_seedx_config_needs_its_config(tmp_path):
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), name
     ref, got = stack.detokenizer(1).state_dict(), loaded.detokenizer(1).state_dict()
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_runtime_loads_a_custom_size_tree_with_config(tmp_path):
+    """``Runtime.from_pretrained(tree, config=cfg)``: the same tree through the runtime, also
+    when the placement must plan the LLM's device map from the sizes (offload)."""
+    from core_models.config import SeedXConfig
+    from seedx_agent.runtime import Runtime
+
+    tiny = SeedXConfig.tiny().to_dict()
+    cfg = SeedXConfig.from_dict({
+        **tiny, "llm": {**tiny["llm"], "hidden_size": 96, "intermediate_size": 256},
+        "input_resampler": {**tiny["input_resampler"], "embed_dim": 96},
+        "output_resampler": {**tiny["output_resampler"], "kv_dim": 96}})
+    root = SeedXStack.from_config(cfg, seed=5).save_pretrained(tmp_path / "custom", stages=(1,))
+    (root / "seedx_config.json").unlink()
+    with pytest.raises(ValueError, match=r"config=.*seedx_config\.json|seedx_config\.json.*config="):
+        Runtime.from_pretrained(root, dtype=torch.float32, load_plugins=False)
+    runtime = Runtime.from_pretrained(root, config=cfg, dtype=torch.float32, load_plugins=False)
+    assert runtime.config == cfg and runtime.stack.agent.llm.config.hidden_size == 96
+    done = runtime.open_session().ask("Hello.", max_new_tokens=3)
+    assert done.ok and done.finish_reason == "max_new_tokens"

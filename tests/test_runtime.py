@@ -33,6 +33,34 @@ def test_tiny_preset_says_it_is_untrained(rt):
         rt.open_session(variant="seed_x_nope")
 
 
+def test_register_variants_runs_once_per_runtime(saved_tree):
+    from seedx_agent.plugins import pm
+
+    calls = []
+
+    class Counter:
+        @hookimpl
+        def register_variants(self, register):
+            calls.append(1)
+
+    counter = Counter()
+    pm.register(counter, name="test-count-variants")
+    try:
+        import seedx_agent
+
+        seedx_agent.from_pretrained("tiny")
+        assert calls == [1]
+        Runtime.from_pretrained(saved_tree)
+        assert calls == [1, 1]
+    finally:
+        pm.unregister(counter)
+
+
+@pytest.fixture(scope="module")
+def saved_tree(rt, tmp_path_factory):
+    return rt.stack.save_pretrained(tmp_path_factory.mktemp("tree") / "tiny", stages=(1,))
+
+
 # --- several sessions, one runtime -----------------------------------------------------------------
 
 CONVERSATIONS = [

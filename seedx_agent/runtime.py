@@ -374,7 +374,7 @@ def _device_map(placement: Placement, root: Path, variant: str, dtype: Any, conf
     from core_models.checkpoint import SeedXPaths
     from core_models.stack import build_agent, config_from_paths
 
-    cfg = config if config is not None else config_from_paths(SeedXPaths.resolve(root, variant))
+    cfg = config_from_paths(SeedXPaths.resolve(root, variant), config=config)
     with init_empty_weights():
         agent = build_agent(cfg.llm, cfg.input_resampler, cfg.output_resampler, cfg.agent)
     primary = placement.primary_device

@@ -54,7 +54,6 @@ from .types import (ActionEvent, BoxPart, DenoiseStep, ErrorEvent, Event, ImageD
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .runtime import Runtime
     from .store import SessionStore, TurnRecord
 
 logger = logging.getLogger(__name__)
@@ -68,14 +67,15 @@ class TurnFailed(Exception):
 
 
 class Session:
-    """One conversation. Create it with ``Runtime.open_session``.
+    """One conversation. Create it with ``Runtime.open_session`` (``runtime`` is the
+    `seedx_agent.runtime.Runtime` it runs on; the session only uses its public methods).
 
     ``keep_cache=False`` re-prefills the whole history every turn (what a stateless server does;
     kept for comparison and benchmarks). ``cache_memory_limit`` (bytes) bounds this session's KV
     cache; past it, old turns leave the context as described in the module doc.
     """
 
-    def __init__(self, runtime: "Runtime", *, store: "SessionStore | None" = None,
+    def __init__(self, runtime: Any, *, store: "SessionStore | None" = None,
                  session_id: str | None = None, variant: str = "seed_x_i",
                  default_skill: str | None = None, title: str = "", keep_cache: bool = True,
                  cache_memory_limit: int | None = None, artifact_dir: str | Path | None = None,

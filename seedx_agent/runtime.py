@@ -92,7 +92,7 @@ class Runtime:
         self.adapters: AdapterHost | None = None   # peft adapters on the base LLM (adapters/)
         self.untrained_components: tuple[str, ...] = ()  # set by presets with untrained parts
         self.notice: str | None = None            # what the CLI banner says about this model
-        self.weights_fingerprint = _fingerprint(stack)
+        self._weights_fingerprint: str | None = None
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -190,7 +190,7 @@ class Runtime:
             self.variants.register(adapter_variant(Path(root), name, base, grids), replace=True)
             self.adapters.load(name, Path(root) / "adapters" / name)
         self.adapters.activate(None)
-        self.weights_fingerprint = _fingerprint(self.stack)
+        self._weights_fingerprint = None  # the adapters are part of the weights
         return names
 
     # --- sessions -----------------------------------------------------------------------------
@@ -212,6 +212,19 @@ class Runtime:
         return self._skill_host
 
     # --- shared model access --------------------------------------------------------------------
+    @property
+    def weights_fingerprint(self) -> str:
+        """A cheap identity of the weights, for provenance. Taken on first use, so a preset that
+        swaps a component in after building the runtime (a partial Nano) is fingerprinted with
+        it; `refresh_fingerprint` after changing weights later."""
+        if self._weights_fingerprint is None:
+            self._weights_fingerprint = _fingerprint(self.stack)
+        return self._weights_fingerprint
+
+    def refresh_fingerprint(self) -> str:
+        self._weights_fingerprint = None
+        return self.weights_fingerprint
+
     @property
     def tokenizer(self):
         return self.stack.tokenizer

@@ -21,6 +21,7 @@ from .loop import STOPPER, Interrupted
 from .pipeline import ENTRY_POINT, run_pipeline
 from .plan import STAGES, Plan, parse_stage_values
 from .run import Run, say
+from .warm_start import WarmStartError, warm_start
 
 DESCRIPTION = ("SEED-X Nano: the staged, resumable, deterministic training pipeline "
                "(docs/nano.md).")
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-dir", type=Path, default=None,
                         help=f"where export writes the shipped tree (default {EXPORT_DIR}; "
                              "--smoke: <out>/export)")
+    parser.add_argument("--warm-start", type=Path, default=None, metavar="DIR",
+                        help="take the stages this run lacks from DIR: another run directory "
+                             "(finished or resumable stages) or a Nano export (its finished stages)")
     parser.add_argument("--interrupt-after", help=argparse.SUPPRESS)  # tests: stage=N steps
     args = parser.parse_args(argv)
 
@@ -77,8 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out / "plan.json", asdict(plan), sort_keys=True)
     interrupt_after = parse_stage_values(args.interrupt_after, int) if args.interrupt_after else None
     run = Run(args.out, plan, interrupt_after)
+    if args.warm_start is not None:
+        try:
+            warm_start(run, args.warm_start)
+        except WarmStartError as err:
+            parser.error(str(err))
     # What a child lane needs to rebuild the same plan.
-    child_argv = _strip_options(argv, ("--stages", "--threads", "--export-dir"),
+    child_argv = _strip_options(argv, ("--stages", "--threads", "--export-dir", "--warm-start"),
                                 ("--parallel", "--no-parallel", "--no-export"))
     say("pipeline", f"stages {stages}, out {args.out}, threads {plan.threads}")
     STOPPER.install()

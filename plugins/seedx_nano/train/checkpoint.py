@@ -97,8 +97,25 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def load_stage_modules(run, stage: str) -> dict[str, dict]:
-    """The fp32 module states of a finished stage (from its last checkpoint)."""
-    return load_checkpoint(run.stage_dir(stage) / "ckpt.pt")["modules"]
+    """The fp32 module states of a finished stage.
+
+    From its last checkpoint when the run directory has it, else from the fp16 files the stage
+    left beside it (``<module>.fp16.safetensors``): a finished stage is kept in the repository or
+    copied between machines without its optimizer state, and what follows reads the same weights
+    the export ships.
+    """
+    stage_dir = run.stage_dir(stage)
+    if (stage_dir / "ckpt.pt").is_file():
+        return load_checkpoint(stage_dir / "ckpt.pt")["modules"]
+    files = sorted(stage_dir.glob("*.fp16.safetensors"))
+    if not files:
+        raise CheckpointError(f"{stage_dir}: stage {stage!r} left neither ckpt.pt nor "
+                              "*.fp16.safetensors; delete its done.json to train it again")
+    from safetensors.torch import load_file
+
+    return {f.name.removesuffix(".fp16.safetensors"):
+            {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(f)).items()}
+            for f in files}
 
 
 # --- RNG states ---------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ every reply before skills see it:
 
 1. a box whose ``target_image`` the runtime already set keeps it;
 2. otherwise it refers to the **last input image of the turn** (the picture the user asked
-   about: "where is the dog in this photo?");
+   about: "where is the dog in this photo?"). A turn that brings no picture and draws none is
+   about the latest picture of the conversation, which the session passes as the turn's input
+   ("Where is the dog?" after the photo came in an earlier turn);
 3. a turn without input images can only be about a picture the model drew: the first generated
    image after the box, else the last one before it;
 4. otherwise (and for layout boxes on a ``canvas``) the box is returned unplaced

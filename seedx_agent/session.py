@@ -275,6 +275,11 @@ class Session:
         if parsed is not None:
             parts += self._reply_parts(parsed, work.images)
             warnings = list(parsed.warnings)
+        if not request.images and latest is not None and not any(
+                isinstance(p, ImagePart) and p.role != "input" for p in parts):
+            # A follow-up about the picture already in the conversation ("Where is the dog?"
+            # after the photo came in an earlier turn): its boxes and skills are about that one.
+            request = request.model_copy(update={"images": (latest,)})
         reply = SkillReply(request=request, parts=tuple(parts))
         placed = iter(reply.placed_boxes())
         parts = [next(placed) if isinstance(p, BoxPart) else p for p in parts]

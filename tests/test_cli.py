@@ -7,6 +7,7 @@ is read from the click group itself (`walk`), so a new command cannot go undocum
 
 from __future__ import annotations
 
+import html
 import json
 import subprocess
 import sys
@@ -20,13 +21,14 @@ from PIL import Image
 
 from core_models.image_io import content_hash
 from seedx_agent import cli
-from seedx_agent.cli.run import DEMO_SCRIPT
+from seedx_agent.cli.run import SMOKE_SCRIPT
 from seedx_agent.cli.script import Script, ScriptTurn, load_script
 from seedx_agent.cli.synthetic import synthetic_image
 from seedx_agent.cli.transcript import TRANSCRIPT_SCHEMA_VERSION
 
 ROOT = Path(__file__).parent.parent
 DEMO = ROOT / "examples" / "demo.yaml"
+SMOKE = ROOT / "examples" / "smoke.yaml"
 BUILT_IN = ("chat", "run", "smoke", "plugins", "sessions", "convert", "eval")
 
 
@@ -128,15 +130,15 @@ def test_every_example_is_a_valid_script():
         load_script(path)  # raises CliError, naming the file and the field
 
 
-def test_demo_yaml_is_the_built_in_smoke_script():
-    assert yaml.safe_load(DEMO.read_text()) == DEMO_SCRIPT
+def test_smoke_yaml_is_the_built_in_smoke_script():
+    assert yaml.safe_load(SMOKE.read_text()) == SMOKE_SCRIPT
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """``seedx run examples/demo.yaml --out DIR``, once for the module: (DIR, transcript)."""
+    """``seedx run examples/smoke.yaml --out DIR`` (tiny), once for the module: (DIR, transcript)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert cli.main(["run", str(DEMO), "--out", str(out)]) == 0
+    assert cli.main(["run", str(SMOKE), "--out", str(out)]) == 0
     return out, json.loads((out / "transcript.json").read_text())
 
 
@@ -166,6 +168,12 @@ def test_demo_run_writes_transcript_and_images(demo, capsys):
     assert turns[2]["variant"] == "seed_x_edit"
     assert turns[3]["model_images"] == [edited["image_id"]]
     assert (out / "store" / "sessions.sqlite3").exists()
+    # the page for people: every turn's request, and every picture by its file
+    page = (out / "index.html").read_text()
+    for turn in turns:
+        assert html.escape(turn["request"]["text"], quote=True) in page
+        for image in turn["images"]:
+            assert f"src='{image['file']}'" in page
 
 
 def test_bad_scripts_are_refused_before_loading_the_model(tmp_path, capsys):

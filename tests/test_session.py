@@ -583,6 +583,32 @@ def test_recorded_box_reply_is_grounded_on_a_non_square_input(rt, replay, tmp_pa
     assert store.turns(session.id)[0].artifacts == event.artifacts
 
 
+def test_a_follow_up_question_grounds_on_the_picture_of_an_earlier_turn(rt, replay, tmp_path):
+    """The photo comes in turn 1, "Where is ...?" in turn 2 without a picture: the box is on
+    that photo (its own pixels), and the grounding skill crops from it."""
+    from seedx_agent.plugins import get_plugins
+
+    replay(Reply().text("A car.").eos(),
+           Reply().text("The red car is at").box(112, 112, 56, 112).text(".").eos(),
+           Reply().text("Here it is:").image(seed=3).text("with").box(112, 112, 56, 56).eos())
+    session = rt.open_session(artifact_dir=tmp_path / "artifacts")
+    photo = synthetic_image(640, 320, 13)
+    first = session.ask("What is this?", [photo])
+    photo_id = first.parts[0].image_id
+    done = session.ask("Where is the red car?", skill="grounding")
+    (box,) = [p for p in done.parts if isinstance(p, BoxPart)]
+    assert box.target_image == photo_id and box.target_kind == "input"
+    assert box.pixel_xyxy == (240.0, 80.0, 400.0, 240.0)
+    if "grounding" in [p["name"] for p in get_plugins()]:
+        (action,) = done.actions
+        assert action.payload["pixel_xyxy"] == [240.0, 80.0, 400.0, 240.0]
+    # a reply that draws a picture: its boxes are on that picture, not on the old photo
+    drawn = session.ask("Draw one and mark it.")
+    (box,) = [p for p in drawn.parts if isinstance(p, BoxPart)]
+    (made,) = [p for p in drawn.parts if isinstance(p, ImagePart) and p.role != "input"]
+    assert box.target_image == made.image_id and box.target_kind == "generated"
+
+
 def test_without_a_store_or_artifact_dir_artifacts_go_to_a_reported_directory(
         rt, replay, monkeypatch, tmp_path):
     """No temporary directory of the session's own: the artifacts land under the user dir, in

@@ -1,11 +1,11 @@
 """The export's ``nano_manifest.json``: what a Nano folder says about its own training.
 
 The export (`seedx_nano.train.export`) writes it beside the release layout; the preset reads it to
-know which components are trained (the rest get random stand-ins and a notice), whether the Nano
-has met its quality thresholds (only then is it the default model), and how it draws by default;
+know which components are trained (the rest get random stand-ins and a notice; once the ones in
+`REQUIRED_FOR_DEFAULT` are, the Nano is the default model) and how it draws by default;
 ``seedx eval nano`` reads it to skip what is not trained yet. Keys: ``model``, ``base_variant``,
 ``adapters``, ``finished_stages``, ``plan`` (the training `Plan`), ``metrics``, ``bytes``,
-optionally ``render_defaults``, ``variants`` and ``meets_thresholds``.
+optionally ``render_defaults``, ``render_defaults_sweep`` and ``variants``.
 
 No torch here: the CLI and plugin discovery read manifests at start-up.
 """
@@ -49,17 +49,6 @@ def is_finished(root: str | Path | None = None,
                 required: tuple[str, ...] = REQUIRED_FOR_DEFAULT) -> bool:
     """True when the Nano at ``root`` has finished every stage in ``required``."""
     return set(required) <= finished_stages(root)
-
-
-def meets_thresholds(root: str | Path | None = None) -> bool:
-    """True once ``seedx eval nano`` showed the Nano meets issue 4's thresholds (recorded as
-    ``"meets_thresholds": true`` together with the measured numbers).
-
-    A Nano that has finished training but answers below the thresholds is available by name
-    without becoming everyone's default.
-    """
-    manifest = read_manifest(root)
-    return bool(manifest and manifest.get("meets_thresholds") is True)
 
 
 def render_defaults(manifest: dict[str, Any] | None) -> dict[str, Any]:

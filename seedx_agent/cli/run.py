@@ -2,7 +2,8 @@
 
 The script is checked first (`load_script`), then the model loads, then every turn runs whatever
 happens to the one before it: a turn that fails is recorded in the transcript with its error, and
-the run still did its job (exit status 0). ``smoke`` is ``run`` on the built-in README demo.
+the run still did its job (exit status 0). ``smoke`` is ``run`` on a built-in script for the
+untrained tiny stack (every code path, no file needed); the README demo is examples/demo.yaml.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ if TYPE_CHECKING:
     from ..session import Session
     from ..store import SessionStore
 
-# The README demo, also run by ``seedx smoke``; examples/demo.yaml is this script as YAML (a test
-# keeps the two equal). The tiny model is untrained and would never draw on its own, hence
-# force_image on the edit turn too.
-DEMO_SCRIPT: dict[str, Any] = {
-    "title": "demo: image in, question, image out, edit, grounding",
+# ``seedx smoke``: every code path once on the untrained tiny stack, with no file from the
+# repository; examples/smoke.yaml is this script as YAML (a test keeps the two equal). The tiny
+# model would never draw on its own, hence force_image on the edit turn too. The README demo is
+# examples/demo.yaml, on the Nano.
+SMOKE_SCRIPT: dict[str, Any] = {
+    "title": "smoke: image in, question, image out, edit, grounding",
     "model": "tiny",
     "seed": 42,
     "turns": [
@@ -42,7 +44,7 @@ DEMO_SCRIPT: dict[str, Any] = {
         {"text": "Where is the barn?", "skill": "grounding", "max_new_tokens": 24},
     ],
 }
-OUT_ENTRIES = {"transcript.json", "images", "artifacts", "store"}
+OUT_ENTRIES = {"transcript.json", "index.html", "images", "artifacts", "store"}
 
 
 @click.command("run")
@@ -63,10 +65,11 @@ def run(script: Path, out: Path, model: str | None, placement: str | None) -> in
               help="where the transcript, images, artifacts and store go")
 @model_options
 def smoke(out: Path, model: str | None, placement: str | None) -> int:
-    """Build the stack and run the built-in demo script (examples/demo.yaml): an image and a
-    question, a forced image, an edit of it, a grounding question. Writes what `run` writes."""
-    script = parse_script(DEMO_SCRIPT, "the built-in demo")
-    return run_script(script, Path.cwd(), out, source="built-in demo (examples/demo.yaml)",
+    """Run the built-in smoke script (examples/smoke.yaml) on the untrained tiny stack: an image
+    and a question, a forced image, an edit of it, a grounding question. Writes what `run`
+    writes."""
+    script = parse_script(SMOKE_SCRIPT, "the built-in smoke script")
+    return run_script(script, Path.cwd(), out, source="built-in smoke script (examples/smoke.yaml)",
                       model=model, placement=placement)
 
 
@@ -157,7 +160,8 @@ def prepare_out(out: Path) -> None:
             listed = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
             raise CliError(f"--out {out} holds files that no seedx run wrote ({listed}); "
                            "choose an empty folder")
-        (out / "transcript.json").unlink(missing_ok=True)
+        for name in ("transcript.json", "index.html"):
+            (out / name).unlink(missing_ok=True)
         for name in ("images", "artifacts"):
             shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)

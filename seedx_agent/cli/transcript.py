@@ -15,6 +15,7 @@ from core_models.files import write_json
 
 from .. import __version__
 from ..types import ImagePart, TextPart, TurnDone
+from .report_page import write_report_page
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -81,6 +82,7 @@ def write_transcript(out: Path, *, script: "Script", source: str, runtime: "Runt
     }
     path = out / "transcript.json"
     write_json(path, transcript)
+    write_report_page(out, transcript)
     return path
 
 

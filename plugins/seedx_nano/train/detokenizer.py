@@ -28,10 +28,10 @@ from core_models.stack import build_unet, load_scheduler
 
 from .. import tasks
 from ..analyser import analyse
-from .checkpoint import load_data, load_stage_modules, save_fp16
-from .loop import train_loop
+from .checkpoint import load_data, load_stage_modules
+from .loop import finish_stage, train_loop
 from .pixels import clip_normalise, grid, psnr, to_uint8, vae_normalise
-from .run import Run, say
+from .run import Run
 from .vae import frozen_vae
 from .vit import frozen_vit
 
@@ -147,14 +147,8 @@ def stage_detok1(run: Run) -> dict:
 
     params = [p for p in adapter.parameters() if p.requires_grad]
     result = train_loop(run, "detok1", dict(adapter=adapter), params, step_fn, items_per_step=b)
-    save_fp16(adapter.state_dict(), run.stage_dir("detok1") / "adapter.fp16.safetensors")
-    try:
-        result["heldout"] = detok1_eval(run, adapter)
-        say("detok1", f"held-out: {result['heldout']}")
-    except Exception as err:
-        result["heldout"] = dict(error=repr(err))
-        say("detok1", f"eval failed: {err!r}")
-    return result
+    return finish_stage(run, "detok1", result, adapter, "adapter.fp16.safetensors",
+                        lambda: detok1_eval(run, adapter))
 
 
 @torch.no_grad()
@@ -206,12 +200,6 @@ def stage_detok2(run: Run) -> dict:
 
     params = [p for p in adapter.parameters() if p.requires_grad]
     result = train_loop(run, "detok2", dict(adapter=adapter), params, step_fn, items_per_step=b)
-    save_fp16(adapter.state_dict(), run.stage_dir("detok2") / "adapter.fp16.safetensors")
-    try:
-        result["heldout"] = detok2_eval(run, adapter)
-        say("detok2", f"held-out: {result['heldout']}")
-    except Exception as err:
-        result["heldout"] = dict(error=repr(err))
-        say("detok2", f"eval failed: {err!r}")
-    return result
+    return finish_stage(run, "detok2", result, adapter, "adapter.fp16.safetensors",
+                        lambda: detok2_eval(run, adapter))
 

@@ -23,8 +23,8 @@ from core_models.generation import generate
 from core_models.mllm import ContinuousLVLM
 
 from .. import metrics, tasks
-from .checkpoint import load_data, load_stage_modules, save_fp16
-from .loop import train_loop
+from .checkpoint import load_data, load_stage_modules
+from .loop import finish_stage, train_loop
 from .run import Run, say
 from .vit import IGNORE, frozen_vit
 
@@ -183,14 +183,9 @@ def stage_llm(run: Run) -> dict:
                         items_per_step=b)
     result["heldout"] = llm_eval(agent, LLMData(run, "eval"))
     say("llm", f"held-out: {result['heldout']}")
-    try:
-        result["generation"] = llm_generation_eval(run, agent, n=8 if plan.smoke else 48)
-        say("llm", f"generation: {result['generation']}")
-    except Exception as err:  # an evaluation problem must not lose the trained stage
-        result["generation"] = dict(error=repr(err))
-        say("llm", f"generation eval failed: {err!r}")
-    save_fp16(agent.state_dict(), run.stage_dir("llm") / "agent.fp16.safetensors")
-    return result
+    return finish_stage(run, "llm", result, agent, "agent.fp16.safetensors",
+                        lambda: llm_generation_eval(run, agent, n=8 if plan.smoke else 48),
+                        key="generation")
 
 
 def trained_agent(run: Run) -> nn.Module:

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, restore_rng, rng_state, save_torch
+from .checkpoint import load_checkpoint, restore_rng, rng_state, save_fp16, save_torch
 from .run import Run, say
 
 
@@ -151,3 +151,20 @@ def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list
     return dict(steps=step, resumed_from=resumed_from, minutes=round(elapsed / 60, 2),
                 stopped_by=stopped_by, final=history[-1] if history else {},
                 wall_minutes_this_run=round((time.time() - started) / 60, 2))
+
+
+def finish_stage(run: Run, stage: str, result: dict, module: nn.Module, filename: str,
+                 evaluate: Callable[[], dict], key: str = "heldout") -> dict:
+    """Save a trained stage's weights first, then evaluate it into ``result[key]``.
+
+    In this order because hours of training must survive a broken evaluation: an error is
+    recorded in the metrics instead of failing the stage.
+    """
+    save_fp16(module.state_dict(), run.stage_dir(stage) / filename)
+    try:
+        result[key] = evaluate()
+        say(stage, f"{key}: {result[key]}")
+    except Exception as err:
+        result[key] = {"error": repr(err)}
+        say(stage, f"{key} evaluation failed: {err!r}")
+    return result

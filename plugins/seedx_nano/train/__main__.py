@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-samples", type=int)
     parser.add_argument("--ckpt-every", type=int)
     parser.add_argument("--log-every", type=int)
+    parser.add_argument("--loc-sigma", type=float, default=None, metavar="BINS",
+                        help="LLM: Gaussian targets over neighbouring location bins (0: plain "
+                             "cross-entropy)")
+    parser.add_argument("--loc-ordered-init", dest="loc_ordered_init", action="store_true",
+                        default=None, help="LLM: location-token embeddings start in bin order")
     parser.add_argument("--parallel", dest="parallel", action="store_true", default=None)
     parser.add_argument("--no-parallel", dest="parallel", action="store_false")
     parser.add_argument("--no-export", action="store_true", help="skip the export stage")
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         cast = float if name in ("minutes", "lr") else int
         getattr(plan, name).update(parse_stage_values(getattr(args, name), cast))
     for name in ("seed", "threads", "n_scenes", "n_examples", "n_pairs", "n_eval", "eval_samples",
-                 "ckpt_every", "log_every", "parallel"):
+                 "ckpt_every", "log_every", "parallel", "loc_sigma", "loc_ordered_init"):
         value = getattr(args, name)
         if value is not None:
             setattr(plan, name, value)

@@ -24,6 +24,7 @@ from core_models.mllm import ContinuousLVLM
 
 from .. import metrics, tasks
 from .checkpoint import load_data, load_stage_modules
+from .loc_target import LocTarget, ordered_loc_embeddings
 from .loop import finish_stage, train_loop
 from .run import Run, say
 from .vit import IGNORE, frozen_vit
@@ -169,18 +170,33 @@ def llm_generation_eval(run: Run, agent, n: int = 48) -> dict:
     return {k: (round(float(np.mean(v)), 4) if k != "samples" else v) for k, v in scores.items()}
 
 
+# What LLM checkpoints of versions that recorded no definition were trained with.
+EARLIER_LLM_DEFINITION = {"loc_sigma": 0.0, "loc_ordered_init": False}
+
+
 def stage_llm(run: Run) -> dict:
     plan, cfg = run.plan, run.config()
     agent = build_agent(cfg, plan.seed)
+    loc_ids = run.tokenizer().loc_token_ids
+    if plan.loc_ordered_init:
+        ordered_loc_embeddings(agent, loc_ids)
+    target = LocTarget(loc_ids, plan.loc_sigma) if plan.loc_sigma > 0 else None
     data = LLMData(run, "train")
     b = plan.batch["llm"]
 
     def step_fn(step: int, g: torch.Generator) -> dict:
-        out = agent(**data.batch(data.sample(b, g)))
-        return dict(loss=out["total_loss"], lm=out["lm_loss"].item(), rec=out["rec_loss"].item())
+        inputs = data.batch(data.sample(b, g))
+        out = agent(**inputs)
+        loss = out["total_loss"]
+        if target is not None:
+            lm = target.lm_loss(out["logits"], inputs["labels"])
+            loss = agent.lm_loss_scale * lm + agent.rec_loss_scale * out["rec_loss"]
+        return dict(loss=loss, lm=out["lm_loss"].item(), rec=out["rec_loss"].item())
 
+    definition = {"loc_sigma": float(plan.loc_sigma), "loc_ordered_init": bool(plan.loc_ordered_init)}
     result = train_loop(run, "llm", dict(agent=agent), list(agent.parameters()), step_fn,
-                        items_per_step=b)
+                        items_per_step=b, definition=definition,
+                        earlier_definition=EARLIER_LLM_DEFINITION)
     result["heldout"] = llm_eval(agent, LLMData(run, "eval"))
     say("llm", f"held-out: {result['heldout']}")
     return finish_stage(run, "llm", result, agent, "agent.fp16.safetensors",

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, restore_rng, rng_state, save_fp16, save_torch
+from .checkpoint import CheckpointError, load_checkpoint, restore_rng, rng_state, save_fp16, save_torch
 from .run import Run, say
 
 
@@ -74,13 +74,19 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list[nn.Parameter],
                step_fn: Callable[[int, torch.Generator], dict[str, float]], *,
-               steps_key: str | None = None, items_per_step: int = 1) -> dict:
+               steps_key: str | None = None, items_per_step: int = 1,
+               definition: dict | None = None, earlier_definition: dict | None = None) -> dict:
     """Run ``step_fn`` until ``plan.steps[stage]`` or ``plan.minutes[stage]``; checkpoint and resume.
 
     The checkpoint (``<stage_dir>/ckpt.pt``) holds every module's state, the optimizer, the step,
     the elapsed time, the RNG states and the loss history; it is written atomically every
     ``ckpt_every`` steps, at the end and when a stop is requested (then `Interrupted` is raised).
     The result says where this start began (``resumed_from``: 0 for a fresh stage).
+
+    ``definition``: the plan settings that change what the stage learns (its loss, say); it is
+    kept in the checkpoint, and a checkpoint made under other settings is refused instead of
+    resumed into a mixture (``earlier_definition``: what checkpoints of versions that kept none
+    were made with).
     """
     plan = run.plan
     key = steps_key or stage
@@ -90,6 +96,12 @@ def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list
     step, elapsed, history = 0, 0.0, []
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
+        made_with = state.get("definition", earlier_definition)
+        if definition is not None and made_with is not None and made_with != definition:
+            raise CheckpointError(
+                f"{ckpt_path}: stage {stage!r} was trained with {made_with}, this plan asks for "
+                f"{definition}; delete the checkpoint to train the stage again under the new "
+                "settings, or give the old ones")
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
         optimizer.load_state_dict(state["optimizer"])
@@ -99,7 +111,7 @@ def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list
     resumed_from = step
 
     def save() -> None:
-        save_torch(dict(step=step, elapsed=elapsed, history=history,
+        save_torch(dict(step=step, elapsed=elapsed, history=history, definition=definition,
                         modules={name: m.state_dict() for name, m in modules.items()},
                         optimizer=optimizer.state_dict(), rng=rng_state()), ckpt_path)
 
@@ -149,6 +161,7 @@ def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list
     for m in modules.values():
         m.eval()
     return dict(steps=step, resumed_from=resumed_from, minutes=round(elapsed / 60, 2),
+                **({"definition": definition} if definition is not None else {}),
                 stopped_by=stopped_by, final=history[-1] if history else {},
                 wall_minutes_this_run=round((time.time() - started) / 60, 2))
 

@@ -36,6 +36,10 @@ class Plan:
     ckpt_every: int = 200
     log_every: int = 25
     lora_rank: int = 16
+    # how the LLM learns location tokens (loc_target): Gaussian targets sigma bins wide (0: plain
+    # cross-entropy) and ordered initial embeddings
+    loc_sigma: float = 0.0
+    loc_ordered_init: bool = False
     p_uncond: float = 0.1          # classifier-free dropout of the de-tokenizer conditioning
     eval_samples: int = 32         # pictures sampled per de-tokenizer evaluation
     sample_steps: int = 20         # Euler steps when sampling for evaluation

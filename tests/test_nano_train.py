@@ -202,3 +202,55 @@ def test_the_entry_point_keeps_the_old_flags():
         assert flag in result.stdout, flag
     assert "python -m seedx_nano.train" in result.stdout
     assert str(Path("plugins") / "seedx_nano" / "weights") in result.stdout
+
+
+# --- training in pieces -----------------------------------------------------------------------------
+
+def test_warm_start_from_a_run_directory_then_finished_stages_without_checkpoints(smoke_run, tmp_path):
+    """``--warm-start RUN``: stages come over as they are; a finished stage kept without its
+    ckpt.pt (as in the repository's nano-resume/) still feeds the stages after it."""
+    src, _ = smoke_run
+    kept = tmp_path / "kept"
+    shutil.copytree(src / "data", kept / "data")
+    for stage in ("data", "vit", "vae"):
+        shutil.copytree(src / "stages" / stage, kept / "stages" / stage)
+    for stage in ("vit", "vae"):
+        (kept / "stages" / stage / "ckpt.pt").unlink()  # only done.json + fp16 weights
+    out = tmp_path / "run"
+    status, log = train("--out", str(out), "--smoke", "--warm-start", str(kept),
+                        "--stages", "data,vit,vae,features", "--no-export")
+    assert status == 0, log
+    assert "[vit] already done, skipped" in log and "[features] done" in log
+    assert (out / "features" / "examples_train.pt").is_file()
+    # a second start changes nothing that is there
+    before = digest(out / "stages" / "vit" / "done.json")
+    assert train("--out", str(out), "--smoke", "--warm-start", str(kept), "--stages", "vit",
+                 "--no-export")[0] == 0
+    assert digest(out / "stages" / "vit" / "done.json") == before
+
+
+def test_warm_start_from_an_export_takes_its_finished_stages(smoke_run, tmp_path):
+    from seedx_nano.train.checkpoint import load_stage_modules
+    from seedx_nano.train.plan import Plan
+    from seedx_nano.train.run import Run
+    from seedx_nano.train.warm_start import WarmStartError, warm_start
+
+    src, _ = smoke_run
+    run = Run(tmp_path / "run", Plan.smoke_plan())
+    shutil.copytree(src / "data", run.data_dir)
+    taken = warm_start(run, src / "export")
+    assert taken == ["vit", "vae", "llm", "detok1", "detok2"]
+    for stage in taken:
+        done = run.done(stage)
+        assert done["warm_started_from"] == str(src / "export")
+    assert run.done("vae")["scaling_factor"] == json.loads(
+        (src / "stages" / "vae" / "done.json").read_text())["scaling_factor"]
+    from core_models.stack import SeedXStack
+
+    shipped = SeedXStack.from_pretrained(src / "export", "seed_x_i", dtype=torch.float32)
+    for stage, module in (("vit", shipped.vit), ("llm", shipped.agent)):
+        state = next(iter(load_stage_modules(run, stage).values()))
+        for key, value in module.state_dict().items():
+            assert torch.equal(state[key], value), (stage, key)
+    with pytest.raises(WarmStartError, match="neither a run directory"):
+        warm_start(run, tmp_path)

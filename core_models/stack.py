@@ -38,6 +38,7 @@ from . import checkpoint as ckpt
 from .checkpoint import (PEFT_PREFIX, DeviceMap, PathLike, SeedXPaths, empty_init,
                          load_into_model)
 from .config import OFFICIAL_AGENT, OFFICIAL_LLM, SeedXConfig
+from .files import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -594,7 +595,7 @@ class SeedXStack:
                                      base_name="diffusion_pytorch_model", **save)
             else:  # stage 2 alone: only the 4-channel UNet config is needed
                 (sdxl / "unet").mkdir(parents=True, exist_ok=True)
-                (sdxl / "unet" / "config.json").write_text(json.dumps(self.config.unet, indent=2))
+                write_json(sdxl / "unet" / "config.json", self.config.unet)
             self.vae.save_config(sdxl / "vae")
             ckpt.save_state_dict(self.vae.state_dict(), sdxl / "vae",
                                  base_name="diffusion_pytorch_model", **save)

@@ -7,6 +7,11 @@ know which components are trained (the rest get random stand-ins and a notice; o
 ``adapters``, ``finished_stages``, ``plan`` (the training `Plan`), ``metrics``, ``bytes``,
 optionally ``render_defaults``, ``render_defaults_sweep`` and ``variants``.
 
+``render_defaults`` is the one place the Nano's steps and guidance live: the preset sets them
+on the runtime, so a user's turn and ``seedx eval nano`` (which leaves them unset) draw alike;
+``seedx eval nano --sweep`` chooses them on held-out scenes and writes them here
+(`write_render_defaults`), with how it chose them in ``render_defaults_sweep``.
+
 No torch here: the CLI and plugin discovery read manifests at start-up.
 """
 
@@ -54,8 +59,9 @@ def is_finished(root: str | Path | None = None,
 def render_defaults(manifest: dict[str, Any] | None) -> dict[str, Any]:
     """How this Nano draws unless a turn says otherwise, as `seedx_agent.RenderDefaults` fields.
 
-    A ``render_defaults`` mapping in the manifest wins (the export writes one); an export made
-    before it did gives the values its evaluation sampled with: ``plan.sample_steps`` Euler
+    A ``render_defaults`` mapping in the manifest wins (the export writes one, the held-out sweep
+    rewrites its steps and guidance); an export made before it did gives the values its
+    training evaluation sampled with: ``plan.sample_steps`` Euler
     steps at ``plan.guidance``. Fields it does not name keep the runtime's defaults.
     """
     manifest = manifest or {}
@@ -69,3 +75,23 @@ def render_defaults(manifest: dict[str, Any] | None) -> dict[str, Any]:
     if plan.get("guidance") is not None:
         out["guidance_scale"] = float(plan["guidance"])
     return out
+
+
+def write_render_defaults(root: str | Path, chosen: dict[str, Any],
+                          sweep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Put ``chosen`` rendering values into the manifest at ``root`` (atomically), keeping the
+    fields it does not name (the ``seed`` among them), and ``sweep`` as ``render_defaults_sweep``.
+    Returns the new ``render_defaults``. The starting point is what the runtime drew with so far
+    (`render_defaults`), so an older export's plan-derived values do not silently change."""
+    from core_models.files import write_json
+
+    path = Path(root) / MANIFEST_NAME
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise FileNotFoundError(f"no readable {MANIFEST_NAME} at {root}")
+    updated = {**render_defaults(manifest), **chosen}
+    manifest["render_defaults"] = updated
+    if sweep is not None:
+        manifest["render_defaults_sweep"] = sweep
+    write_json(path, manifest, sort_keys=True)
+    return updated

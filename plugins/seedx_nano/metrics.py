@@ -4,7 +4,8 @@ Text answers are parsed with the canonical formats of ``tasks``; pictures are re
 model-free ``analyser`` (tolerant thresholds by default, since they are the Nano's outputs).
 Pictures may come back at another size than their input (the de-tokenizer draws at its own
 resolution), so positions and boxes are compared in normalised coordinates, and PSNR is taken
-after resizing the output to the input's size.
+after resizing the output to the input's size. A slide's layout boxes are read from the reply's
+bins on the slide's own canvas, whatever picture the session placed them on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .analyser import Detection, analyse, analyse_person
-from .world import COLOURS, SHAPES, Box, Edit, Garment, Scene, position_of_box
+from .world import COLOURS, POSITIONS, SHAPES, Box, Edit, Garment, Scene, position_of_box
 
 UNCHANGED_IOU = 0.5    # an object "stays" when its box overlaps the old one this much (normalised)
 PSNR_CAP = 100.0       # dB reported for identical pixels (keeps averages finite)
@@ -181,3 +182,160 @@ def tryon_correct(image: Image.Image, garment: Garment, *, check_pattern: bool =
     if reading.colour != garment.colour:
         return False
     return not check_pattern or reading.pattern == garment.pattern
+
+
+# --- the designer's tasks: slides, posters, improvements, stories ---------------------------------
+#
+# These score the variants the layout, poster, design-review and storytelling skills stand on.
+# Each asks for the text *and* the picture to be right where the task has both: a reply that
+# names the right object over a wrong picture (or the reverse) is what a skill cannot use.
+
+SLIDE_REGIONS = ("title", "text", "picture")
+_TAG = re.compile(r"<[^>]*>")
+_LAYOUT = re.compile(r"\blayout\s*:", re.I)
+_OBJECT = r"(" + "|".join(COLOURS) + r")\s+(" + "|".join(SHAPES) + r")"
+_POSITION = r"(" + "|".join(POSITIONS) + r")"
+
+
+def _plain(text: str) -> str:
+    return " ".join(_TAG.sub(" ", text).split())
+
+
+def parse_layout(markup: str, width: float, height: float) -> dict[str, Box]:
+    """The region boxes of the reply's "Layout:" line ("title <box>, text <box>, picture <box>"),
+    in pixels of a ``width`` x ``height`` canvas, by region name (a region without a well-formed
+    box right after its name is absent). ``markup`` is the reply with its boxes as tokens."""
+    from .tasks import parse_boxes
+
+    found = list(_LAYOUT.finditer(markup))
+    if not found:
+        return {}
+    line = markup[found[-1].end():]
+    out: dict[str, Box] = {}
+    for region in SLIDE_REGIONS:
+        m = re.search(rf"\b{region}\s*(<box_start>.*?<box_end>)", line, re.S)
+        boxes = parse_boxes(m.group(1), width, height) if m else []
+        if boxes:
+            out[region] = boxes[0]
+    return out
+
+
+def slide_layout_iou(markup: str, truth: Sequence[Box], size: tuple[float, float]) -> float:
+    """Mean IoU of the title, text and picture boxes of the "Layout:" line with the true regions
+    (``truth`` in SLIDE_REGIONS order, on the ``size`` canvas); a missing region counts 0."""
+    boxes = parse_layout(markup, *size)
+    return sum(iou(boxes[r], t) if r in boxes else 0.0
+               for r, t in zip(SLIDE_REGIONS, truth)) / len(SLIDE_REGIONS)
+
+
+def parse_slide_text(text: str) -> tuple[str | None, list[str]]:
+    """(title, bullets) of a slide reply: "Title: X" then "- bullet" items, up to "Layout:".
+    Whitespace is normalised first, so the items read the same whether the lines survived
+    decoding as newlines or as spaces."""
+    body = _LAYOUT.split(_TAG.sub(" ", text))[0]
+    items = re.split(r"(?:^|\s)-\s+", " ".join(body.split()))
+    head, bullets = items[0].strip(), [b.strip() for b in items[1:] if b.strip()]
+    m = re.fullmatch(r"Title:\s*(.+)", head)
+    return (m.group(1) if m else None), bullets
+
+
+def slide_text_correct(text: str, colour: str, shape: str) -> bool:
+    """The title is "{Colour} {shape}s" and the bullets are exactly the slide rule's, in order
+    (``tasks.slide_bullets``)."""
+    from .tasks import slide_bullets
+
+    title, bullets = parse_slide_text(text)
+    return title == f"{colour.capitalize()} {shape}s" and bullets == slide_bullets(colour, shape)
+
+
+def intent_names(text: str, colour: str, shape: str) -> bool:
+    """The reply names the requested object and no other ("A large red circle in the
+    middle, ...")."""
+    mentions = parse_caption(text)
+    return bool(mentions) and all(m == (colour, shape) for m in mentions)
+
+
+def poster_correct(text: str, image: Image.Image | None, colour: str, shape: str) -> bool:
+    """The picture's main object has the colour and shape (`t2i_correct`: the unsaturated title
+    bar is not an object to the analyser) and the reply's intent names both."""
+    return (image is not None and intent_names(text, colour, shape)
+            and t2i_correct(image, colour, shape))
+
+
+_SUGGESTIONS = (
+    ("recolor", re.compile(rf"\bmake the (?:{_OBJECT}|(?P<bare>" + "|".join(SHAPES) + r"))\s+("
+                           + "|".join(COLOURS) + r")\b")),
+    ("remove", re.compile(rf"\bremove the {_OBJECT}\b")),
+    ("move", re.compile(rf"\bmove the {_OBJECT} to the {_POSITION}\b")),
+)
+
+
+def parse_edit(text: str, scene: Scene, prefer: int | None = None) -> Edit | None:
+    """The first edit the text asks for ("Make the red circle blue ...", "Make the circle blue",
+    "Remove the red circle ...", "Move the red circle to the center ..."), as an `Edit` of
+    ``scene``, or None when it names no object of the scene or asks for nothing (a recolour to
+    the colour it has, a move to where it is or to where it cannot go).
+
+    A phrase that fits several objects means ``prefer`` when that is one of them (the object
+    the rule meant: a reply that follows the rule gets the rule's edit), else the leftmost."""
+    plain = _plain(text).lower()
+    hits = [(m.start(), kind, m) for kind, pattern in _SUGGESTIONS
+            for m in [pattern.search(plain)] if m is not None]
+    if not hits:
+        return None
+    _, kind, m = min(hits, key=lambda h: h[0])
+    if kind == "recolor":
+        colour, shape = (None, m.group("bare")) if m.group("bare") else (m.group(1), m.group(2))
+        new = m.groups()[-1]
+    else:
+        colour, shape = m.group(1), m.group(2)
+    fits = [i for i in scene.left_to_right() if scene.objects[i].shape == shape
+            and (colour is None or scene.objects[i].colour == colour)]
+    if not fits:
+        return None
+    i = prefer if prefer in fits else fits[0]
+    obj = scene.objects[i]
+    if kind == "recolor":
+        return None if new == obj.colour else Edit("recolor", i, colour=new)
+    if kind == "remove":
+        return Edit("remove", i)
+    edit = Edit("move", i, position=m.group(3))
+    if edit.position == position_of_box(obj.bbox, scene.width, scene.height):
+        return None
+    return edit if edit.apply(scene) is not None else None
+
+
+def improve_correct(text: str, scene: Scene, image: Image.Image | None,
+                    rule: Edit | None = None) -> bool:
+    """The suggestion is a valid edit of the scene (`parse_edit`) and the returned picture
+    applies exactly that edit (`edit_correct`)."""
+    edit = parse_edit(text, scene, prefer=rule.index if rule is not None else None)
+    return edit is not None and image is not None and edit_correct(scene, image, edit)
+
+
+_STORY = re.compile(rf"\bthe {_OBJECT} moves? to the {_POSITION}\b")
+
+
+def parse_story(text: str) -> tuple[str, str, str] | None:
+    """(colour, shape, position) of "Then the {colour} {shape} moves to the {position}."."""
+    m = _STORY.search(_plain(text).lower())
+    return (m.group(1), m.group(2), m.group(3)) if m else None
+
+
+def story_move(text: str, scene: Scene, rule: Edit) -> Edit | None:
+    """The move the sentence tells, when it is about the object the story rule moves
+    (``tasks.story_step``) and sends it somewhere it is not: that object, to the named region."""
+    told = parse_story(text)
+    obj = scene.objects[rule.index]
+    if told is None or told[:2] != (obj.colour, obj.shape):
+        return None
+    if told[2] == position_of_box(obj.bbox, scene.width, scene.height):
+        return None
+    return Edit("move", rule.index, position=told[2])
+
+
+def story_correct(text: str, scene: Scene, image: Image.Image | None, rule: Edit) -> bool:
+    """The sentence moves the rule's object (`story_move`), and the next scene keeps every
+    object (colour, shape, place) and has that one in the region the sentence names."""
+    edit = story_move(text, scene, rule)
+    return edit is not None and image is not None and edit_correct(scene, image, edit)

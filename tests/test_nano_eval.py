@@ -102,6 +102,8 @@ def ground_truth_replies(suites=tuple(ev.SUITES), n=ev.SMOKE_N):
         for k, ex in enumerate(ev.eval_examples(suite, n)):
             reply = Reply().text(ex.answer_text)
             replies.append((reply.image(seed=k) if ex.answer_image is not None else reply).eos())
+            if suite in ev.OTHER_RENDERER_SUITES:  # asked again on the other rendering
+                replies.append(Reply().text(ex.answer_text).eos())
     return replies
 
 
@@ -124,6 +126,11 @@ def test_ground_truth_answers_through_the_product_path_score_perfect(export):
     assert list(s) == list(ev.METRIC_KEYS)
     assert s["grounding_miou"] >= 0.8  # 224-bin rounding of the true box
     assert s["caption_attr_acc"] == 1.0 and s["count_acc"] == 1.0
+    # the second column: the same scenes drawn by the other renderer, the same true answers
+    other = report.other_renderer
+    assert set(other) == {"grounding_miou", "caption_attr_acc", "count_acc"}
+    assert other["grounding_miou"][0] >= 0.8 and other["caption_attr_acc"][0] == 1.0
+    assert other["count_acc"] == (1.0, 0.0, ev.SMOKE_N)
     assert s["slide_text_acc"] == 1.0 and s["slide_layout_miou"] >= 0.95
     for suite, parts in ev.TEXT_PARTS.items():
         assert set(report.details[suite]["text_parts"]) == set(parts)

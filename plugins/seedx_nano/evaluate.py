@@ -61,6 +61,11 @@ them from the manifest's ``render_defaults``, which the held-out sweep (``sweep`
 (``EvalReport.render_defaults``), and each suite what its pictures' provenance says they were
 drawn with (``details[suite]["rendered_with"]``).
 
+A second column: the grounding, caption and count scenes are asked again with the same scene
+drawn by `other_renderer` (anti-aliased, other shades, turned triangles, shifted backgrounds;
+never used in training), so a model that learned the training renderer's pixels instead of the
+world shows it (``EvalReport.other_renderer``, ``other_renderer`` in ``--json``).
+
 A metric whose component (from ``nano_manifest.json``'s finished stages) or variant is missing,
 or whose every turn failed, is None, with the reason in ``EvalReport.reasons`` (the CLI prints it
 on stderr).
@@ -77,12 +82,13 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import tasks
 from .manifest import WEIGHTS_DIR, read_manifest
+from .other_renderer import render_other
 from .suites import (EDIT_TASKS, EVAL_BASE, GT_THRESHOLD, METRIC_KEYS, SUITES, TEXT_PARTS,
                      THRESHOLDS, Answer, Suite, analyser_checks, eval_example, eval_examples,
                      ground_truth_answer, score, suite_seed, text_parts, through_canvas)
@@ -99,6 +105,8 @@ NANO = "nano"
 DEFAULT_N = 200
 SMOKE_N = 3
 RENDER_FIELDS = ("num_inference_steps", "guidance_scale", "image_guidance_scale")
+# Suites whose input is a scene: each is also asked on the scene drawn by `other_renderer`.
+OTHER_RENDERER_SUITES = ("grounding", "caption", "count")
 
 
 def mean_and_se(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
@@ -128,6 +136,8 @@ class EvalReport:
     model: str = ""
     n: int = 0
     render_defaults: dict[str, Any] = field(default_factory=dict)  # what unset turns drew with
+    # the same scenes drawn by `other_renderer` (never trained on): metric -> (mean, se, n)
+    other_renderer: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
 
     @property
     def meets(self) -> dict[str, bool | None]:
@@ -141,7 +151,9 @@ class EvalReport:
         out.update(standard_errors={k: self.standard_errors.get(k) for k in METRIC_KEYS},
                    n={k: self.counts.get(k, 0) for k in METRIC_KEYS},
                    thresholds=dict(THRESHOLDS), meets=self.meets,
-                   analyser_gt_acc=self.analyser_gt_acc, render_defaults=dict(self.render_defaults))
+                   analyser_gt_acc=self.analyser_gt_acc, render_defaults=dict(self.render_defaults),
+                   other_renderer={k: v[0] for k, v in self.other_renderer.items()},
+                   other_renderer_standard_errors={k: v[1] for k, v in self.other_renderer.items()})
         return out
 
 
@@ -273,6 +285,7 @@ def _run_suite(runtime: "Runtime", suite: str, n: int, finished: set[str] | None
         f"variant {spec.variant}")
     started = time.monotonic()
     values: dict[str, list[float]] = {k: [] for k in keys}
+    other: dict[str, list[float]] = {k: [] for k in keys} if suite in OTHER_RENDERER_SUITES else {}
     parts: dict[str, list[float]] = {k: [] for k in TEXT_PARTS.get(suite, ())}
     rendered: list[dict[str, Any]] = []
     errors, images, first_error = 0, 0, None
@@ -290,6 +303,12 @@ def _run_suite(runtime: "Runtime", suite: str, n: int, finished: set[str] | None
                 values[key].append(value)
         for key, value in text_parts(suite, ex, answer).items():
             parts[key].append(value)
+        if other:  # the same scene and question, the picture drawn the other way
+            redrawn = replace(ex, images=[render_other(ex.meta["scene"], suite_seed(suite, k))])
+            for key, value in score(suite, redrawn, ask(runtime, suite, redrawn,
+                                                        seed=suite_seed(suite, k))).items():
+                if value is not None:
+                    other[key].append(value)
         if on_answer is not None:
             on_answer(suite, k, ex, answer)
         if (k + 1) % 25 == 0 and k + 1 < n:
@@ -304,10 +323,15 @@ def _run_suite(runtime: "Runtime", suite: str, n: int, finished: set[str] | None
             report.reasons[key] = f"every turn failed (first: {first_error})"
         elif mean is None:
             report.reasons[key] = "no scene gave a measurable answer (no picture came back)"
+    for key, got in other.items():
+        report.other_renderer[key] = mean_and_se(got)
     report.details[suite] = dict(
         n=n, seeds=seeds, seconds=round(seconds, 2), turn_errors=errors,
         pictures=images, analyser_gt_acc=_mean(checks), canvas_ceiling=ceiling,
         rendered_with=rendered, text_parts={key: _mean(v) for key, v in parts.items()})
+    for key in other:
+        mean, se, _ = report.other_renderer[key]
+        say(f"{key} on the other renderer: {_fmt(mean)} ± {_fmt(se)}")
     say(f"{', '.join(f'{key} {_fmt_se(report, key)}' for key in keys)} "
         f"({n} scenes, {seconds:.1f} s, {seconds / max(1, n):.2f} s/scene"
         + (f", {images} pictures" if spec.picture else "")
@@ -363,7 +387,8 @@ def format_report(report: EvalReport) -> str:
         lines.append(f"pictures drawn with the model's render defaults: "
                      f"{d['num_inference_steps']} steps, guidance {d['guidance_scale']}, "
                      f"image guidance {d['image_guidance_scale']}")
-    lines += ["", f"  {'metric':<20} {'mean ± standard error':<22} threshold   met"]
+    lines += ["", f"  {'metric':<20} {'mean ± standard error':<22} threshold   met  "
+                  "other renderer"]
     meets = report.meets
     for key in METRIC_KEYS:
         threshold = THRESHOLDS[key]
@@ -371,7 +396,9 @@ def format_report(report: EvalReport) -> str:
         wanted = f">= {threshold:g}" + (" dB" if key == "edit_psnr_outside" else "")
         met = {True: "yes", False: "no", None: "-"}[meets[key]]
         extra = f"  ({report.reasons[key]})" if key in report.reasons else ""
-        lines.append(f"  {key:<20} {shown:<22} {wanted:<11} {met}{extra}")
+        mean, se, _ = report.other_renderer.get(key, (None, None, 0))
+        second = f"{mean:.4f} ± {se:.4f}" if mean is not None else ""
+        lines.append(f"  {key:<20} {shown:<22} {wanted:<11} {met:<4} {second}{extra}")
     if report.n < DEFAULT_N:
         lines.append(f"  (n = {report.n} < {DEFAULT_N}: \"met\" is indicative; a threshold is "
                      f"judged on the n = {DEFAULT_N} point estimate)")

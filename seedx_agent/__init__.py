@@ -20,7 +20,8 @@ from core_models.files import atomic_write, write_json
 
 from .hookspecs import hookimpl
 from .presets import Preset, PresetError, default_preset
-from .skills import ActionResult, Skill, SkillContext, SkillReply, SkillRequest
+from .skills import (ActionResult, Skill, SkillContext, SkillReply, SkillRequest,
+                     SkillRequestError)
 from .turn_options import RenderDefaults, TurnOptions
 from .types import (Action, ActionEvent, BoxFound, BoxPart, DenoiseStep, ErrorEvent, Event,
                     ImageDone, ImagePart, ImageStarted, Notice, Part, Provenance, TextDelta, TextPart,
@@ -66,7 +67,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "from_pretrained", "hookimpl", "Preset", "PresetError", "default_preset",
-    "Skill", "SkillContext", "SkillReply", "SkillRequest", "ActionResult", "TurnOptions",
+    "Skill", "SkillContext", "SkillReply", "SkillRequest", "SkillRequestError", "ActionResult",
+    "TurnOptions",
     "RenderDefaults", "Action", "ActionEvent", "BoxFound", "BoxPart", "DenoiseStep", "ErrorEvent",
     "Event", "ImageDone", "ImagePart", "ImageStarted", "Notice", "Part", "Provenance", "TextDelta",
     "TextPart", "TurnDone", "parts_to_content_blocks", "AdapterWeights", "PromptTemplate",

@@ -18,13 +18,14 @@ BASE_ALIAS = "base"  # with adapters: the shared base LLM, every adapter disable
 MANIFEST_NAME = "nano_manifest.json"
 # How known adapter names run, unless the model folder says otherwise (``adapters/<name>`` plus
 # an optional ``variants`` entry in ``nano_manifest.json``): SEED-X-Edit's single-turn,
-# single-image editing on the stage-2 de-tokenizer, and try-on's person as the stage-2 condition.
+# single-image editing on the stage-2 de-tokenizer, and try-on's person as the stage-2 condition
+# (its ``roles`` let the try-on skill find it).
 ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
     "seed_x_edit": dict(description="editing adapter: single-turn, one image, stage-2 de-tokenizer",
                         detokenizer_stage=2, single_image_edit=True,
                         template=PromptTemplate(multi_turn=False)),
     "tryon": dict(description="try-on adapter: person + garment in, the person (the stage-2 "
-                              "condition) dressed out", detokenizer_stage=2),
+                              "condition) dressed out", detokenizer_stage=2, roles=("tryon",)),
 }
 
 
@@ -111,7 +112,7 @@ class AdapterHost:
 
 def _manifest_variants(root: Path) -> dict[str, dict[str, Any]]:
     """Per-adapter variant settings from ``nano_manifest.json``'s optional ``variants`` mapping
-    (``{"tryon": {"detokenizer_stage": 2, "resolution_grids": ["1x1"]}}``)."""
+    (``{"tryon": {"detokenizer_stage": 2, "resolution_grids": ["1x1"], "roles": ["tryon"]}}``)."""
     path = root / MANIFEST_NAME
     if not path.is_file():
         return {}

@@ -44,7 +44,7 @@ import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from .reply_parser import ImageSlot, ParsedReply, ReplyParser
 from .turn_options import TurnOptions
@@ -129,14 +129,21 @@ class Session:
              *, cancel: threading.Event | None = None,
              on_event: Callable[[Event], None] | None = None, **fields: Any) -> Iterator[Event]:
         """Run one turn; yields its events, the last one ``TurnDone``. Lazy: nothing runs until
-        iterated. ``images`` are paths, bytes or PIL images. What the turn sets is ``options``
-        and/or the same `TurnOptions` fields as keywords (``seed=7``, ``guidance_scale=5``,
-        ``edit=True``, ``skill="grounding"``); a keyword overrides ``options``. ``on_event`` is
-        called with every event too. Setting ``cancel`` interrupts the LLM and the denoiser; the
-        turn is then rolled back and ends with ``finish_reason="cancelled"``."""
+        iterated. ``images`` are paths, bytes or PIL images, or a mapping from role to image
+        (``{"person": a, "garment": b}``, the same as ``image_roles=``). What the turn sets is
+        ``options`` and/or the same `TurnOptions` fields as keywords (``seed=7``,
+        ``guidance_scale=5``, ``edit=True``, ``skill="grounding"``); a keyword overrides
+        ``options``. ``on_event`` is called with every event too. Setting ``cancel`` interrupts
+        the LLM and the denoiser; the turn is then rolled back and ends with
+        ``finish_reason="cancelled"``."""
         if isinstance(images, (TurnOptions, str)):
             raise TypeError("images must be a sequence of images; pass options as options=…")
         opts = options if options is not None else TurnOptions()
+        if isinstance(images, Mapping):  # images named by role
+            if "image_roles" in fields or opts.image_roles is not None:
+                raise TypeError("name the images either by a mapping or by image_roles=, not both")
+            fields = {**fields, "image_roles": tuple(images)}
+            images = list(images.values())
         if fields:
             opts = opts.merged(**fields)  # unknown or invalid fields fail here, before any work
         for event in self._turn(text, list(images), opts, cancel or threading.Event()):
@@ -181,10 +188,18 @@ class Session:
     # --- one turn ---------------------------------------------------------------------------
     def _turn(self, text: str, sources: list[Any], opts: TurnOptions,
               cancel: threading.Event) -> Iterator[Event]:
+        from .skills import SkillRequestError, arrange_images
+
         work = _Work(index=len(self.history), text=text, options=opts, cancel=cancel)
         try:
             work.inputs = self._load_inputs(sources)
-            variant = self._choose_variant(opts)
+            variant, skill = self._choose_variant(opts)
+            try:  # the model reads the images in the order the skill's roles say
+                work.inputs = list(arrange_images(tuple(work.inputs), opts.image_roles, skill))
+            except SkillRequestError as exc:
+                raise TurnFailed("input", str(exc)) from None
+            if opts.image_roles is not None:
+                work.options = opts.merged(image_roles=skill.image_roles)  # as the inputs now are
             yield from self._run(work, variant)
         except TurnFailed as exc:
             error = ErrorEvent(source=exc.source, message=str(exc))
@@ -207,29 +222,25 @@ class Session:
         return parts
 
     def _choose_variant(self, opts: TurnOptions):
-        registry = self.runtime.variants
-        if opts.variant is not None:
+        """The turn's variant and skill (the one it names, else the session's, else None)."""
+        skill = None
+        if (skill_name := opts.skill or self.record.default_skill) is not None:
             try:
-                return registry.get(opts.variant)
-            except KeyError as exc:
-                raise TurnFailed("variant", str(exc)) from None
-        if opts.edit:
-            editors = [v for v in registry if v.single_image_edit]
-            if not editors:
-                raise TurnFailed("variant", "no edit variant is registered")
-            return editors[0]
-        skill_name = opts.skill or self.record.default_skill
-        if skill_name is not None:
-            try:
-                preferred = self.runtime.skill_host.get(skill_name).preferred_variant
+                skill = self.runtime.skill_host.get(skill_name)
             except Exception as exc:  # an unknown skill
                 raise TurnFailed("skills", str(exc)) from None
-            if preferred is not None and preferred in registry:
-                return registry.get(preferred)
-        return registry.get(self.variant)
+        try:
+            variant = self.runtime.variants.choose(
+                opts.variant, edit=opts.edit, default=self.variant,
+                role=skill.variant_role if skill else None,
+                preferred=skill.preferred_variant if skill else None,
+                needed_by=f"skill {skill.name!r}" if skill else "")
+        except LookupError as exc:
+            raise TurnFailed("variant", exc.args[0]) from None
+        return variant, skill
 
     def _run(self, work: "_Work", variant) -> Iterator[Event]:
-        from .skills import SkillContext, SkillReply, SkillRequest
+        from .skills import SkillContext, SkillReply, SkillRequest, SkillRequestError
         from .store import ModelContext, TurnRecord
 
         opts, inputs = work.options, work.inputs
@@ -248,8 +259,12 @@ class Session:
         work.attached = attached
 
         request = SkillRequest(text=work.text, images=tuple(attached), skill=opts.skill)
+        host, default_skill = self.runtime.skill_host, self.record.default_skill
         try:
-            instruction = self.runtime.skill_host.build_prompt(request, default_skill=self.record.default_skill)
+            host.check_request(request, self.get_image, default_skill=default_skill)
+            instruction = host.build_prompt(request, default_skill=default_skill)
+        except SkillRequestError as exc:  # the skill refuses: its words, before any picture
+            raise TurnFailed(f"skill:{request.skill or default_skill}", str(exc)) from None
         except Exception as exc:
             raise TurnFailed("skills", str(exc)) from None
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from seedx_agent.skills import (ActionResult, Skill, SkillContext, SkillError,
                                 SkillRegistrationError, SkillReply, SkillRequest,
-                                declaration_problems, payload_version)
+                                SkillRequestError, declaration_problems, payload_version)
 from seedx_agent.types import Action, ActionEvent, ErrorEvent
 
 if TYPE_CHECKING:
@@ -90,6 +90,23 @@ class SkillHost:
             raise SkillError(f"no skill named {name!r}; installed: "
                              f"{', '.join(self._skills) or 'none'}") from None
 
+    def check_request(self, request: SkillRequest, get_image: Callable[[str], Any], *,
+                      default_skill: str | None = None) -> None:
+        """Let the turn's (or session's) skill refuse ``request`` before the model runs.
+
+        Raises `SkillRequestError` with the skill's own words when it refuses, and
+        `SkillError` when the check itself breaks (a skill's bug is not the user's mistake).
+        """
+        name = request.skill or default_skill
+        if name is None:
+            return
+        try:
+            self.get(name).check_request(request, get_image)
+        except SkillRequestError:
+            raise
+        except Exception as exc:
+            raise SkillError(f"skill {name!r} failed to check the request: {exc!r}") from exc
+
     def build_prompt(self, request: SkillRequest, *, default_skill: str | None = None) -> str:
         """The prompt for ``request``: phrased by the turn's (or session's) skill, if any."""
         name = request.skill or default_skill
@@ -98,6 +115,8 @@ class SkillHost:
         skill = self.get(name)
         try:
             prompt = skill.build_prompt(request)
+        except SkillRequestError:
+            raise
         except Exception as exc:
             raise SkillError(f"skill {name!r} failed to build its prompt: {exc!r}") from exc
         if prompt is not None and not isinstance(prompt, str):

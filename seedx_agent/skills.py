@@ -2,16 +2,16 @@
 
 One turn, as a skill sees it::
 
-    SkillRequest ──build_prompt──▶ prompt ──model──▶ SkillReply(parts)
+    SkillRequest ──check_request, build_prompt──▶ prompt ──model──▶ SkillReply(parts)
         ──to_actions──▶ [Action, …] ──validate payload──▶ run(action, context) ──▶ ActionEvent
                                                                   (or ErrorEvent on any failure)
 
 A skill is a plain class whose capabilities are class attributes (``consumes``, ``deadline_s``,
-``action_types`` …), registered by a plugin through the ``register_skills(register)`` hook. This
-module is what a skill author reads: the values a skill sees (`SkillRequest`, `SkillReply`,
-`SkillContext`, `ActionResult`) and the `Skill` class. `seedx_agent.skill_host.SkillHost`
-collects, checks and runs skills, each isolated on its own thread with a deadline;
-`seedx_agent.box_placement` decides which picture a box is on.
+``action_types``, ``variant_role``, ``image_roles`` …), registered by a plugin through the
+``register_skills(register)`` hook. This module is what a skill author reads: the values a
+skill sees (`SkillRequest`, `SkillReply`, `SkillContext`, `ActionResult`) and the `Skill` class.
+`seedx_agent.skill_host.SkillHost` collects, checks and runs skills, each isolated on its own
+thread with a deadline; `seedx_agent.box_placement` decides which picture a box is on.
 
 Nothing here holds tensors; images are ``ImagePart`` records (content hash and size) and a skill
 that needs pixels asks ``context.get_image(image_id)`` for a PIL image.
@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = ["PART_TYPES", "ActionResult", "Skill", "SkillContext", "SkillError",
-           "SkillRegistrationError", "SkillReply", "SkillRequest", "declaration_problems",
-           "hookimpl", "payload_version"]
+           "SkillRegistrationError", "SkillReply", "SkillRequest", "SkillRequestError",
+           "arrange_images", "declaration_problems", "hookimpl", "payload_version"]
 
 PART_TYPES = frozenset({"text", "box", "image"})
 """The part types a skill can declare in ``consumes`` (the ``type`` of each part in types.py)."""
@@ -54,6 +54,11 @@ class SkillRegistrationError(SkillError):
     """A plugin registered a skill with a bad declaration, or a name another skill already has."""
 
 
+class SkillRequestError(SkillError):
+    """A skill refuses what a turn asked (one image where it needs two, images in the wrong
+    roles): the turn fails with this message, for the user, before the model runs."""
+
+
 # --- what a skill sees ---------------------------------------------------------------------------
 
 class _Record(BaseModel):
@@ -61,7 +66,11 @@ class _Record(BaseModel):
 
 
 class SkillRequest(_Record):
-    """What the user asked in this turn: their words, the images they gave, the skill they named."""
+    """What the user asked in this turn: their words, the images they gave, the skill they named.
+
+    For a skill that declares ``image_roles`` the images are in that order, whichever order the
+    user gave them in (`arrange_images`), so ``images[i]`` plays ``image_roles[i]``.
+    """
 
     text: str = ""
     images: tuple[ImagePart, ...] = ()
@@ -149,8 +158,18 @@ class Skill:
     description: ClassVar[str] = ""
     consumes: ClassVar[frozenset[str]] = frozenset()
     preferred_variant: ClassVar[str | None] = None
+    # a job only some fine-tunes can do: the turn runs on a variant declaring this role
+    variant_role: ClassVar[str | None] = None
+    # the input images the skill needs, in the order the model must read them; the user gives
+    # them in this order or names them (TurnOptions.image_roles)
+    image_roles: ClassVar[tuple[str, ...]] = ()
     deadline_s: ClassVar[float] = 30.0
     action_types: ClassVar[dict[str, type[BaseModel]]] = {}
+
+    def check_request(self, request: SkillRequest,
+                      get_image: Callable[[str], Image.Image]) -> None:
+        """Refuse a request the model should not even see by raising `SkillRequestError`; runs
+        before ``build_prompt``, with the pixels of ``request.images`` at hand."""
 
     def build_prompt(self, request: SkillRequest) -> str | None:
         """The instruction to send to the model for ``request``; None sends the user's text."""
@@ -182,6 +201,36 @@ class Skill:
         return self.action_types[action.action].model_validate(action.payload)
 
 
+def arrange_images(images: tuple[ImagePart, ...], given: tuple[str, ...] | None,
+                   skill: Skill | None) -> tuple[ImagePart, ...]:
+    """A turn's images in the order ``skill.image_roles`` says, from the roles the user gave
+    them (``given``, one per image) or, with none given, from their order.
+
+    Refusing here, before the model runs, is the point: a try-on with one picture, or with a
+    role nobody asked for, is a mistake to explain, not a picture to draw.
+    """
+    wanted = skill.image_roles if skill is not None else ()
+    if given is None:
+        if wanted and len(images) != len(wanted):
+            raise SkillRequestError(
+                f"skill {skill.name!r} takes {len(wanted)} images, {' then '.join(wanted)}; "
+                f"got {len(images)}")
+        return images
+    if not wanted:
+        raise SkillRequestError(
+            f"image_roles {list(given)} given, but " + (f"skill {skill.name!r} takes its images "
+                                                        "in order, unnamed" if skill else
+                                                        "the turn names no skill that takes "
+                                                        "named images"))
+    if len(given) != len(images):
+        raise SkillRequestError(f"image_roles names {len(given)} images, the turn has "
+                                f"{len(images)}")
+    if sorted(given) != sorted(wanted):
+        raise SkillRequestError(f"skill {skill.name!r} takes one image each as "
+                                f"{', '.join(wanted)}; image_roles were {', '.join(given)}")
+    return tuple(images[given.index(role)] for role in wanted)
+
+
 def payload_version(model: type[BaseModel]) -> Any:
     """The ``version`` a payload model declares (1 if it declares none)."""
     return getattr(model, "version", 1)
@@ -205,6 +254,15 @@ def declaration_problems(skill: Any) -> list[str]:
                                                     and skill.preferred_variant):
         problems.append(f"preferred_variant must be None or a variant name, "
                         f"got {skill.preferred_variant!r}")
+    if skill.variant_role is not None and not (isinstance(skill.variant_role, str)
+                                               and _SKILL_NAME.match(skill.variant_role)):
+        problems.append(f"variant_role must be None or a role name matching "
+                        f"{_SKILL_NAME.pattern}, got {skill.variant_role!r}")
+    roles = skill.image_roles
+    if not (isinstance(roles, tuple) and all(isinstance(r, str) and _SKILL_NAME.match(r)
+                                             for r in roles) and len(set(roles)) == len(roles)):
+        problems.append(f"image_roles must be a tuple of distinct names matching "
+                        f"{_SKILL_NAME.pattern}, got {roles!r}")
     deadline = skill.deadline_s
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) \
             or not math.isfinite(deadline) or deadline <= 0:

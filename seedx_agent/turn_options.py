@@ -10,7 +10,7 @@ diffusers' (``num_inference_steps``, ``guidance_scale``, ``image_guidance_scale`
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class RenderDefaults(BaseModel):
@@ -39,11 +39,22 @@ class TurnOptions(BaseModel):
     edit: bool = Field(default=False, description="edit the turn's (or the latest) image")
     about_image: bool | None = Field(default=None, description="attach the latest generated "
                                                                  "image when the turn has none")
+    image_roles: tuple[str, ...] | None = Field(
+        default=None, description="the role of each of the turn's images, in the order given "
+                                  "(garment, person), for a skill that names its images")
     max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, description="the de-tokenizer's noise seed")
     num_inference_steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0)
     image_guidance_scale: float | None = Field(default=None, ge=0)
+
+    @field_validator("image_roles", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        """``person,garment`` as chat's ``/set`` types it."""
+        if isinstance(value, str):
+            return tuple(role.strip() for role in value.split(",") if role.strip())
+        return value
 
     def resolved(self, defaults: RenderDefaults) -> "TurnOptions":
         """These options with every unset rendering value taken from ``defaults``."""

@@ -7,14 +7,22 @@ renders with the stage-2 de-tokenizer. A variant record says all of that in one 
 runtime never special-cases a name. Plugins add variants (for example LoRA adapters on a shared
 base) through the ``register_variants(register)`` hook; the released three are registered the same
 way, by the default plugin `seedx_agent.default_plugins.variants`.
+
+A variant's ``roles`` say which jobs it was trained for, in words a skill can ask for: a skill
+with ``variant_role = "tryon"`` runs on a variant whose ``roles`` hold ``"tryon"``. Roles are
+plain strings, so a plugin's LoRA can claim a job without the agent knowing about it; none of the
+released three claims one (SEED-X's try-on weights were never released, so nothing claims
+``"tryon"`` unless a model folder or a plugin says so).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+_ROLE = re.compile(r"^[a-z][a-z0-9_]*$")  # like skill names: a role often is one
 ALL_GRIDS = ("1x1", "1x2", "1x3", "2x1", "3x1", "1x4", "4x1", "2x2")
 SINGLE_GRID = ("1x1",)
 
@@ -60,6 +68,16 @@ class Variant(BaseModel):
     detokenizer_stage: Literal[1, 2] = 1
     max_new_tokens: int = 512
     single_image_edit: bool = False  # True: each turn is its own single-turn prompt on one image
+    roles: tuple[str, ...] = Field(default=(), description="jobs it was trained for, matched "
+                                                         "against a skill's variant_role")
+
+    @field_validator("roles")
+    @classmethod
+    def _role_names(cls, roles: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [r for r in roles if not _ROLE.match(r)]
+        if bad:
+            raise ValueError(f"roles must match {_ROLE.pattern}, got {bad}")
+        return tuple(dict.fromkeys(roles))
 
     @property
     def llm_path(self) -> str | AdapterWeights:
@@ -116,6 +134,44 @@ class VariantRegistry:
 
     def names(self) -> list[str]:
         return list(self._variants)
+
+    def with_role(self, role: str) -> list[Variant]:
+        """The variants that declare ``role``, in the order they were registered."""
+        return [v for v in self._variants.values() if role in v.roles]
+
+    def choose(self, name: str | None = None, *, edit: bool = False, role: str | None = None,
+               preferred: str | None = None, default: str = "seed_x_i",
+               needed_by: str = "") -> Variant:
+        """The variant a turn runs on: the one it names; for an edit, the first single-image
+        editor; for a skill that needs ``role``, the first variant with it (``default`` when it
+        has it); else the skill's ``preferred`` one if registered; else ``default``.
+
+        A variant without the ``role`` the turn needs is refused even when named: a try-on
+        skill on a chat model draws nonsense, and that is better said than shown. Raises
+        `LookupError` with a message for the user; ``needed_by`` names who needs the role.
+        """
+        who = needed_by or "this turn"
+        if name is not None:
+            variant = self.get(name)
+        elif edit:
+            editors = [v for v in self if v.single_image_edit]
+            if not editors:
+                raise LookupError("no edit variant is registered")
+            variant = editors[0]
+        elif role is not None:
+            able = self.with_role(role)
+            if not able:
+                raise LookupError(f"{who} needs a variant with the role {role!r} and none is "
+                                  f"registered: give one roles=({role!r},) (docs/plugins.md, "
+                                  "register_variants)")
+            variant = next((v for v in able if v.name == default), able[0])
+        else:
+            variant = self.get(preferred if preferred in self else default)
+        if role is not None and role not in variant.roles:
+            able = ", ".join(v.name for v in self.with_role(role)) or "none"
+            raise LookupError(f"{who} needs a variant with the role {role!r}; {variant.name!r} "
+                              f"does not declare it (variants that do: {able})")
+        return variant
 
 
 class ResidencyPolicy(BaseModel):

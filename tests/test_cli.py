@@ -271,8 +271,8 @@ def test_chat_repl_through_stdin(tmp_path, capsys):
     lines = ["/help", f"/image {picture}", f"/image {tmp_path / 'nope.png'}", "/draw",
              "what is this? draw it", "/skill nosuch", "/frobnicate", "/quit", "never read"]
     result = subprocess.run(
-        [sys.executable, "-m", "seedx_agent.cli", "chat", "--store", str(tmp_path / "store"),
-         "--max-new-tokens", "68"],
+        [sys.executable, "-m", "seedx_agent.cli", "chat", "--model", "tiny", "--store",
+         str(tmp_path / "store"), "--max-new-tokens", "68"],
         input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=ROOT, timeout=180)
     out, err = result.stdout, result.stderr
     assert result.returncode == 0, err

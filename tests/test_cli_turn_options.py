@@ -57,6 +57,7 @@ def test_a_script_turn_takes_exactly_the_turn_options():
 def test_script_options_reach_the_detokenizer(runtime, detokenizer_calls, tmp_path):
     script = tmp_path / "options.yaml"
     script.write_text(
+        "model: tiny\n"
         "guidance_scale: 2.5\n"
         "turns:\n"
         "  - {text: draw a barn, force_image: true, max_new_tokens: 70,\n"
@@ -85,7 +86,7 @@ def test_chat_set_applies_to_later_turns(runtime, detokenizer_calls, tmp_path, m
              "draw a barn", "/unset guidance_scale", "/draw", "draw it again", "/quit"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
     store = tmp_path / "store"
-    assert cli.main(["chat", "--store", str(store), "--max-new-tokens", "68"]) == 0
+    assert cli.main(["chat", "--model", "tiny", "--store", str(store), "--max-new-tokens", "68"]) == 0
     out, err = capsys.readouterr()
 
     defaults = runtime.render_defaults

@@ -58,10 +58,19 @@ def test_a_hook_a_plugin_defines_must_be_documented_too():
 
 
 @pytest.mark.parametrize("attribute", ["name", "description", "consumes", "preferred_variant",
-                                       "deadline_s", "action_types", "build_prompt",
-                                       "to_actions", "run", "make_action", "parse_payload"])
+                                       "variant_role", "image_roles", "deadline_s",
+                                       "action_types", "check_request", "build_prompt",
+                                       "to_actions", "run", "make_action", "parse_payload",
+                                       "SkillRequestError"])
 def test_skill_api_is_documented(attribute):
     assert f"`{attribute}" in PLUGINS_MD
+
+
+def test_every_variant_field_is_documented():
+    from seedx_agent import Variant
+
+    for field in Variant.model_fields:
+        assert f"| `{field}` |" in PLUGINS_MD, f"docs/plugins.md: Variant.{field} undocumented"
 
 
 def python_blocks(markdown):

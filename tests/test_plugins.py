@@ -6,6 +6,7 @@ a fresh interpreter.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -52,8 +53,10 @@ def test_trace_plugins_prints_hook_calls(tmp_path):
     assert "register_skills" not in quiet.stderr
     traced = run_python(code, tmp_path, {"SEEDX_TRACE_PLUGINS": "1"})
     assert "register_skills({'register':" in traced.stderr
-    assert "-> [grounding]" in traced.stderr
-    assert "SkillHost skills=['grounding']" in traced.stderr  # what the hook registered
+    (implementers,) = re.findall(r"register_skills\(.*\) -> \[(.*)\]", traced.stderr)
+    assert {"grounding", "tryon"} <= set(implementers.split(", "))
+    # what the hook registered
+    assert "SkillHost skills=['grounding', 'tryon']" in traced.stderr
 
 
 THIRD_PARTY = '''
@@ -120,7 +123,7 @@ def test_third_party_distribution_is_loaded_and_used(tmp_path):
     out = json.loads(run_python(textwrap.dedent(code), tmp_path, pythonpath=site).stdout)
     assert {"name": "thirdparty", "package": "thirdparty-skill", "version": "0.1",
             "hooks": ["register_skills"]} in out["plugins"]
-    assert out["skills"] == ["echo", "grounding"]
+    assert out["skills"] == ["echo", "grounding", "tryon"]
     assert out["events"] == [{
         "type": "action_event", "schema_version": 2, "summary": "echoed",
         "artifacts": [str((artifacts / "echo" / "echo.txt").resolve())],
@@ -135,6 +138,7 @@ def test_third_party_distribution_is_loaded_and_used(tmp_path):
 
 
 def test_plugins_and_skills_do_not_import_torch(tmp_path):
-    code = ("import sys, seedx_agent, seedx_agent.plugins, seedx_agent.skill_host, seedx_grounding; "
+    code = ("import sys, seedx_agent, seedx_agent.plugins, seedx_agent.skill_host, seedx_grounding, "
+            "seedx_tryon; "
             "seedx_agent.skill_host.SkillHost(); assert 'torch' not in sys.modules, 'torch imported'")
     run_python(code, tmp_path)

@@ -9,7 +9,9 @@ from pydantic import BaseModel
 
 from seedx_agent.plugins import pm
 from seedx_agent.skill_host import SkillHost
-from seedx_agent.skills import ActionResult, Skill, SkillContext, SkillError, SkillRegistrationError, SkillReply, SkillRequest, hookimpl
+from seedx_agent.skills import (ActionResult, Skill, SkillContext, SkillError,
+                                SkillRegistrationError, SkillReply, SkillRequest,
+                                SkillRequestError, arrange_images, hookimpl)
 from seedx_agent.types import Action, BoxPart, ImagePart, TextPart
 
 RELEASE = threading.Event()  # lets the never-ending skill's thread end when the tests are done
@@ -202,10 +204,75 @@ def test_build_prompt(make_host):
     (type("X", (TextSkill,), {"action_types": {}})(), "action_types must be a non-empty"),
     (type("X", (TextSkill,), {"action_types": {"a": dict}})(), "must be a pydantic model"),
     (type("X", (Skill,), {"name": "x", "action_types": {"note": Note}})(), "implement to_actions"),
+    (type("X", (TextSkill,), {"variant_role": "Try On"})(), "variant_role must be None or a role"),
+    (type("X", (TextSkill,), {"image_roles": ["person"]})(), "image_roles must be a tuple"),
+    (type("X", (TextSkill,), {"image_roles": ("a", "a")})(), "image_roles must be a tuple of dis"),
 ])
 def test_bad_declarations_are_refused_clearly(make_host, bad, problem):
     with pytest.raises(SkillRegistrationError, match=problem):
         make_host(bad)
+
+
+def test_check_request_refuses_in_the_skills_words(make_host):
+    class Picky(TextSkill):
+        name = "picky"
+
+        def check_request(self, request, get_image):
+            if get_image("x") != "pixels":
+                raise SkillRequestError("not those pixels")
+
+    class Buggy(TextSkill):
+        name = "buggy"
+
+        def check_request(self, request, get_image):
+            raise KeyError("a bug")
+
+    host = make_host(TextSkill(), Picky(), Buggy())
+    request = SkillRequest(text="hi")
+    host.check_request(request, lambda _id: "pixels", default_skill="picky")  # accepted
+    host.check_request(request, lambda _id: "other")  # no skill: nothing to check
+    with pytest.raises(SkillRequestError, match="^not those pixels$"):
+        host.check_request(request, lambda _id: "other", default_skill="picky")
+    with pytest.raises(SkillError, match="skill 'buggy' failed to check the request") as caught:
+        host.check_request(request, lambda _id: "other", default_skill="buggy")
+    assert not isinstance(caught.value, SkillRequestError)  # a bug is not the user's mistake
+
+
+def test_images_are_arranged_by_the_roles_a_skill_names():
+    class TwoImages(TextSkill):
+        name = "two"
+        image_roles = ("person", "garment")
+
+    a, b = (ImagePart(image_id=c * 64, width=1, height=1) for c in "ab")
+    two = TwoImages()
+    assert arrange_images((a, b), None, two) == (a, b)
+    assert arrange_images((a, b), ("garment", "person"), two) == (b, a)
+    assert arrange_images((a, b, a), None, TextSkill()) == (a, b, a)  # no roles: as given
+    for images, given, skill, words in [
+            ((a,), None, two, "takes 2 images, person then garment; got 1"),
+            ((a, b), ("person", "person"), two, "image_roles were person, person"),
+            ((a, b), ("person", "garment"), TextSkill(), "takes its images in order")]:
+        with pytest.raises(SkillRequestError, match=words):
+            arrange_images(images, given, skill)
+
+
+def test_variants_declare_roles_and_a_skill_finds_them():
+    from seedx_agent.variants import Variant, VariantRegistry
+
+    registry = VariantRegistry()
+    assert [v.roles for v in registry] == [(), (), ()]  # the released three claim no job
+    registry.register(Variant(name="dresser", detokenizer_stage=2, roles=("tryon", "tryon")))
+    assert registry.get("dresser").roles == ("tryon",)
+    assert [v.name for v in registry.with_role("tryon")] == ["dresser"]
+    assert registry.choose(role="tryon").name == "dresser"
+    assert registry.choose(preferred="seed_x", default="seed_x_i").name == "seed_x"
+    assert registry.choose(edit=True).name == "seed_x_edit"
+    with pytest.raises(LookupError, match="'seed_x_i' does not declare it.*dresser"):
+        registry.choose("seed_x_i", role="tryon", needed_by="skill 'tryon'")
+    with pytest.raises(LookupError, match="needs a variant with the role 'story' and none"):
+        registry.choose(role="story")
+    with pytest.raises(ValueError, match="roles must match"):
+        Variant(name="x", roles=("Try-On",))
 
 
 def test_duplicates(make_host):

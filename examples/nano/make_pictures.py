@@ -1,4 +1,5 @@
-"""Draw the README demo's input pictures from the Nano's world: ``python examples/nano/make_pictures.py``.
+"""Draw the input pictures of the README demo and examples/tryon.yaml from the Nano's world:
+``python examples/nano/make_pictures.py``.
 
 The pictures are committed beside this file; this script says how they were made (fixed seeds
 above every training seed, so the Nano never saw them) and redraws them byte for byte.
@@ -21,7 +22,8 @@ def pictures() -> dict[str, "world.Image.Image"]:
     person = world.random_person(random.Random(SEED + 1), width=80, height=128)
     garment = world.Garment("green", "striped")
     return {"scene.png": scene.render(), "person.png": person.render(),
-            "garment.png": garment.render(64)}
+            "garment.png": garment.render(64),
+            "garment_blue.png": world.Garment("blue", "dotted").render(72)}  # examples/tryon.yaml
 
 
 def main() -> None:

@@ -28,7 +28,8 @@ def plugins(as_json: bool) -> int:
                         f"{getattr(p.build, '__qualname__', '?')}"}
               for p in presets().values()]
     skills = [{"name": s.name, "description": s.description, "consumes": sorted(s.consumes),
-               "preferred_variant": s.preferred_variant, "deadline_s": s.deadline_s,
+               "preferred_variant": s.preferred_variant, "variant_role": s.variant_role,
+               "image_roles": list(s.image_roles), "deadline_s": s.deadline_s,
                "actions": sorted(s.action_types),
                "class": f"{type(s).__module__}.{type(s).__qualname__}"}
               for s in SkillHost(pm).skills.values()]
@@ -45,7 +46,10 @@ def plugins(as_json: bool) -> int:
         click.echo(f"  {m['name'] + mark:<16} {m['description']}")
     click.echo("skills:" if skills else "skills: none")
     for s in skills:
-        click.echo(f"  {s['name']:<16} consumes {', '.join(s['consumes'])}; actions "
-                   f"{', '.join(s['actions']) or '-'}; prefers "
-                   f"{s['preferred_variant'] or 'any variant'}\n  {'':<16} {s['description']}")
+        runs_on = (f"needs a variant with the role {s['variant_role']}" if s["variant_role"]
+                   else f"prefers {s['preferred_variant'] or 'any variant'}")
+        images = f"; images {', '.join(s['image_roles'])}" if s["image_roles"] else ""
+        click.echo(f"  {s['name']:<16} consumes {', '.join(s['consumes']) or '-'}; actions "
+                   f"{', '.join(s['actions']) or '-'}; {runs_on}{images}\n"
+                   f"  {'':<16} {s['description']}")
     return EXIT_OK

@@ -94,7 +94,7 @@ def run_script(script: Script, base: Path, out: Path, *, source: str, model: str
     try:
         for n, turn in enumerate(script.turns):
             click.echo(f"\n--- turn {n + 1}/{len(script.turns)}: {turn.text!r}"
-                       + (f" (+{len(turn.images)} image(s))" if turn.images else ""))
+                       + (f" (+{len(turn.image_specs)} image(s))" if turn.images else ""))
             entries.append(run_turn(session, store, script, turn, n, base, out))
     finally:
         path = write_transcript(out, script=script, source=source, runtime=runtime,
@@ -133,7 +133,8 @@ def run_turn(session: "Session", store: "SessionStore", script: Script, turn: Sc
         printer.line(f"error (cli): {type(exc).__name__}: {exc}", sys.stderr)
         errors.append({"type": "error", "source": "cli", "message": f"{type(exc).__name__}: {exc}"})
     stored = session.history[before] if len(session.history) > before else None
-    request = {"text": turn.text, "images": list(turn.images), **options.model_dump(mode="json")}
+    request = {"text": turn.text, "images": list(turn.image_specs),
+               **options.model_dump(mode="json")}
     return turn_entry(script_index=n, request=request, done=done, stored=stored,
                       errors=errors, notices=notices, out=out,
                       seconds=time.monotonic() - started)
@@ -142,7 +143,7 @@ def run_turn(session: "Session", store: "SessionStore", script: Script, turn: Sc
 def turn_images(turn: ScriptTurn, base: Path) -> list[Any]:
     """The turn's pictures: synthetic ones made, files as paths under ``base``."""
     images: list[Any] = []
-    for spec in turn.images:
+    for spec in turn.image_specs:
         size = parse_synthetic(spec)
         images.append(synthetic_image(*size) if size else base / spec)
     return images

@@ -3,7 +3,9 @@
 A script turn is a `TurnOptions` plus its text and pictures, so a turn takes exactly the options
 ``Session.turn`` takes, by the same names, and an option added there appears here with nothing
 to change. The script itself may give the rendering options (`RENDER_OPTIONS`: ``seed``,
-``num_inference_steps``, …) once for every turn. Unknown keys are errors that name the key and
+``num_inference_steps``, …) once for every turn. A turn's pictures are a list, or a mapping from
+role to picture (``images: {person: a.png, garment: b.png}``), which is ``image_roles`` spelled
+next to the files. Unknown keys are errors that name the key and
 the turn, and the whole script (pictures included) is checked before a model is loaded.
 """
 
@@ -13,7 +15,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..turn_options import RENDER_OPTIONS, TurnOptions
 from .errors import CliError
@@ -24,13 +26,28 @@ class ScriptTurn(TurnOptions):
     """One turn of a script: what the user says and shows, and the turn's `TurnOptions`."""
 
     text: str = ""
-    images: tuple[str, ...] = Field(default=(), description="paths relative to the script's "
-                                                             "folder, or synthetic:WxH")
+    images: tuple[str, ...] | dict[str, str] = Field(
+        default=(), description="paths relative to the script's folder, or synthetic:WxH; "
+                                "as a mapping, keyed by each picture's role")
+
+    @model_validator(mode="after")
+    def _roles_named_once(self) -> "ScriptTurn":
+        if isinstance(self.images, dict) and self.image_roles is not None:
+            raise ValueError("images named by role (a mapping) and image_roles: give one of them")
+        return self
+
+    @property
+    def image_specs(self) -> tuple[str, ...]:
+        """The pictures, in the order given."""
+        return tuple(self.images.values()) if isinstance(self.images, dict) else self.images
 
     def options(self) -> TurnOptions:
-        """The turn's options, only those the script set."""
-        return TurnOptions.model_validate(
-            self.model_dump(include=set(TurnOptions.model_fields), exclude_unset=True))
+        """The turn's options, only those the script set (the roles of a mapping of images
+        among them)."""
+        options = self.model_dump(include=set(TurnOptions.model_fields), exclude_unset=True)
+        if isinstance(self.images, dict):
+            options["image_roles"] = tuple(self.images)
+        return TurnOptions.model_validate(options)
 
 
 # The rendering options, script-wide: the same names, types and bounds as in TurnOptions.
@@ -86,8 +103,9 @@ def parse_script(raw: dict[str, Any], source: str) -> Script:
 def check_images(script: Script, base: Path, source: str) -> None:
     """Every picture a turn names exists (a file under ``base``, or a valid synthetic size)."""
     for t, turn in enumerate(script.turns):
-        for i, spec in enumerate(turn.images):
-            where = f"{source}: turns[{t}].images[{i}]"
+        names = list(turn.images) if isinstance(turn.images, dict) else range(len(turn.images))
+        for i, spec in zip(names, turn.image_specs):
+            where = f"{source}: turns[{t}].images" + (f"[{i}]" if isinstance(i, int) else f".{i}")
             size = parse_synthetic(spec)
             if size is not None and not all(1 <= n <= MAX_SIDE for n in size):
                 raise CliError(f"{where}: synthetic sizes are 1..{MAX_SIDE}, got {spec!r}")

@@ -44,6 +44,10 @@ class Preset:
     build: Callable[..., "Runtime"]
     description: str = ""
     default: bool = False
+    # ``claims(folder)`` -> True when a model folder is this preset's kind (a Nano export has
+    # ``nano_manifest.json``): ``from_pretrained(folder)`` then builds it with
+    # ``build(root=folder, name=str(folder))``, so a folder behaves like the preset it came from.
+    claims: Callable[[Path], bool] | None = None
 
 
 def presets() -> dict[str, Preset]:
@@ -89,7 +93,8 @@ def get_preset(name: str) -> Preset:
 
 
 def from_pretrained(name_or_path: str | Path | None = None, **kwargs: Any) -> "Runtime":
-    """A preset by name, else a model folder through `Runtime.from_pretrained`."""
+    """A preset by name; else a model folder: built by the preset that claims it (its
+    ``claims``), or through `Runtime.from_pretrained`."""
     name = str(name_or_path) if name_or_path is not None else default_preset()
     if name in presets() or (name in PLUGIN_OF_PRESET and not Path(name).exists()):
         return get_preset(name).build(**kwargs)
@@ -97,6 +102,9 @@ def from_pretrained(name_or_path: str | Path | None = None, **kwargs: Any) -> "R
     if not path.exists():
         known = ", ".join(presets())
         raise FileNotFoundError(f"{name!r} is neither a preset ({known}) nor a model folder")
+    for preset in presets().values():
+        if preset.claims is not None and path.is_dir() and preset.claims(path):
+            return preset.build(root=path, name=str(path), **kwargs)
     from .runtime import Runtime
 
     return Runtime.from_pretrained(path, **kwargs)

@@ -204,6 +204,17 @@ def test_nano_is_a_preset_of_the_plugin_and_draws_with_the_manifest_defaults(exp
     assert rt.render_defaults.seed == 42 and rt.render_defaults.image_guidance_scale == 1.5
 
 
+def test_a_nano_folder_loads_like_the_preset(export):
+    """``from_pretrained(folder)`` (and ``--model folder``) on a Nano export: the preset claims
+    it, so its manifest's render defaults and notice apply, not the release's 50 / 7.5."""
+    import seedx_agent
+
+    rt = seedx_agent.from_pretrained(str(export), load_plugins=False)
+    assert rt.name == str(export) and rt.adapters is not None
+    assert (rt.render_defaults.num_inference_steps, rt.render_defaults.guidance_scale) == (2, 3.0)
+    assert rt.notice
+
+
 def test_render_defaults_prefer_the_manifest_mapping(export, tmp_path):
     from seedx_nano.manifest import render_defaults
     from seedx_nano.preset import build_nano

@@ -40,7 +40,13 @@ def nano_preset() -> Preset:
     """The preset record; the default once the shipped weights' manifest says the stages that
     describing, grounding, counting and drawing need are trained."""
     return Preset(name=NANO, build=build_nano, description=DESCRIPTION,
-                  default=nano_manifest.is_finished())
+                  default=nano_manifest.is_finished(), claims=is_nano_folder)
+
+
+def is_nano_folder(folder: Path) -> bool:
+    """A Nano export (``nano_manifest.json`` beside the release layout): loaded as the preset
+    loads the shipped one (its manifest's render defaults, stand-ins for untrained parts)."""
+    return (Path(folder) / MANIFEST_NAME).is_file() and (Path(folder) / "seedx_config.json").is_file()
 
 
 def untrained_notice(name: str, missing: list[str]) -> str:

@@ -45,19 +45,23 @@ def test_the_demo_runs_every_turn_on_the_nano(demo):
     assert transcript["runtime"]["model"] == "nano" and transcript["runtime"]["untrained"] is False
     turns = transcript["turns"]
     assert len(turns) == 6 and [t["errors"] for t in turns] == [[]] * 6
-    scene = turns[0]["images"][0]["image_id"]
     roles = [[i["role"] for i in t["images"]] for t in turns]
-    assert roles == [["input"], [], [], ["edited"], ["generated"], ["input", "input", "edited"]]
+    assert roles == [["generated"], ["input"], [], [], ["edited"], ["input", "input", "edited"]]
+    drawing = turns[0]["images"][0]["image_id"]
+    scene = turns[1]["images"][0]["image_id"]
     # grounding: a follow-up about the scene, so the box is on the scene's own pixels
-    boxes = [p for p in turns[1]["parts"] if p["type"] == "box"]
+    boxes = [p for p in turns[2]["parts"] if p["type"] == "box"]
     assert boxes and all(b["target_image"] == scene and b["pixel_xyxy"] for b in boxes)
-    assert turns[1]["actions"] and any(a.endswith("coco.json") for a in turns[1]["artifacts"])
-    # the edit of the scene, on SEED-X-Edit; the try-on from the person and the garment
-    edit = next(p for p in turns[3]["parts"] if p["type"] == "image")
-    assert turns[3]["variant"] == "seed_x_edit" and edit["provenance"]["parents"] == [scene]
+    assert turns[2]["actions"] and any(a.endswith("coco.json") for a in turns[2]["artifacts"])
+    # the edit of the scene (not of the drawing), on SEED-X-Edit
+    edit = next(p for p in turns[4]["parts"] if p["type"] == "image")
+    assert turns[4]["variant"] == "seed_x_edit" and edit["provenance"]["parents"] == [scene]
+    assert drawing not in edit["provenance"]["parents"]
+    # the try-on skill: the person is the condition, the garment the second input
     person, garment = (i["image_id"] for i in turns[5]["images"][:2])
     dressed = [p for p in turns[5]["parts"] if p["type"] == "image"][-1]
     assert turns[5]["variant"] == "tryon" and dressed["provenance"]["parents"][0] == person
     assert garment in dressed["provenance"]["parents"]
+    assert {Path(a).name for a in turns[5]["artifacts"]} >= {"result.png", "strip.png"}
     page = (out / "index.html").read_text()
     assert page.count("class='turn'") == 6 and "class='box'" in page

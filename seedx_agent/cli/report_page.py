@@ -66,8 +66,10 @@ def _turn(n: int, turn: dict[str, Any], sizes: dict[str, tuple[int, int]]) -> st
     for part in parts:
         if part.get("type") == "box" and part.get("target_image") and part.get("pixel_xyxy"):
             boxes.setdefault(part["target_image"], []).append(part)
-    shown = list(turn.get("model_images", []))
     made = [p for p in parts if p.get("type") == "image" and p.get("role") != "input"]
+    shown = list(turn.get("model_images", []))
+    # a box on a picture of an earlier turn (a follow-up question): show that picture too
+    shown += [i for i in boxes if i not in shown and i not in {p["image_id"] for p in made}]
     html_parts = [f"<div class='turn'><p class='request'>{n + 1}. {_e(request.get('text', ''))}</p>"]
     if options:
         html_parts.append("<p><small>" + ", ".join(f"{_e(k)}={_e(v)}" for k, v in options.items())
@@ -81,8 +83,8 @@ def _turn(n: int, turn: dict[str, Any], sizes: dict[str, tuple[int, int]]) -> st
             _picture(p["image_id"], sizes, boxes.get(p["image_id"], []), _provenance(p))
             for p in made) + "</div>")
     for action in turn.get("actions", []):
-        html_parts.append(f"<p><small>action: {_e(action.get('summary') or action.get('kind', ''))}"
-                          "</small></p>")
+        name = "/".join(str(action[k]) for k in ("skill", "action") if action.get(k))
+        html_parts.append(f"<p><small>action: {_e(action.get('summary') or name)}</small></p>")
     for error in turn.get("errors", []):
         html_parts.append(f"<p class='error'>{_e(error.get('source'))}: {_e(error.get('message'))}</p>")
     html_parts.append("</div>")

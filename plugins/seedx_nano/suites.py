@@ -218,6 +218,20 @@ def through_canvas(image: Image.Image, canvas: int, source_size: tuple[int, int]
     return square.resize((max(1, round(w * scale)), max(1, round(h * scale))))
 
 
+def reads_scene(scene, image) -> list[bool]:
+    """Does the analyser find exactly ``scene``'s objects in ``image`` (a drawing of it)? One
+    check per object (its colour and shape, box IoU >= 0.5), and one for finding nothing else."""
+    pool = list(analyse(image, tolerant=True))
+    checks = []
+    for obj in scene.objects:
+        hit = next((d for d in pool if (d.colour, d.shape) == (obj.colour, obj.shape)
+                    and metrics.iou(d.bbox, obj.bbox) >= 0.5), None)
+        checks.append(hit is not None)
+        if hit is not None:
+            pool.remove(hit)
+    return [*checks, not pool]
+
+
 def analyser_checks(suite: str, ex: tasks.Example, canvas: int | None = None) -> list[bool]:
     """Does the model-free scoring give full marks to the ground truth of ``ex``?
 
@@ -228,16 +242,7 @@ def analyser_checks(suite: str, ex: tasks.Example, canvas: int | None = None) ->
     """
     if suite in ("grounding", "caption", "count"):
         scene = ex.meta["scene"]
-        found = analyse(scene.render(), tolerant=True)
-        pool = list(found)
-        checks = []
-        for obj in scene.objects:
-            hit = next((d for d in pool if (d.colour, d.shape) == (obj.colour, obj.shape)
-                        and metrics.iou(d.bbox, obj.bbox) >= 0.5), None)
-            checks.append(hit is not None)
-            if hit is not None:
-                pool.remove(hit)
-        checks.append(not pool)
+        checks = reads_scene(scene, scene.render())
         truth = ground_truth_answer(suite, ex)
         if suite == "grounding":
             parsed = tasks.parse_boxes(ex.answer_text, scene.width, scene.height)

@@ -48,3 +48,23 @@ def rt():
     torch.set_num_threads(1)
     yield seedx_agent.from_pretrained("tiny")
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: the Nano's matrices are small (one thread is fastest) and
+    the other core stays free."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def nano(one_thread):
+    """The shipped SEED-X Nano, once per module, on one thread."""
+    import seedx_agent
+
+    return seedx_agent.from_pretrained("nano")

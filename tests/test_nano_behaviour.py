@@ -23,16 +23,6 @@ pytestmark = pytest.mark.skipif(not is_finished(),
 LIMIT = 40 * 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def nano():
-    import torch
-
-    import seedx_agent
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield seedx_agent.from_pretrained("nano")
-    torch.set_num_threads(threads)
 
 
 def held_out(task: str, n: int):

@@ -20,7 +20,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from seedx_nano import evaluate as ev
 from seedx_nano import metrics, tasks
@@ -35,12 +34,7 @@ def export(tmp_path_factory):
     return random_nano_export(tmp_path_factory.mktemp("nano") / "export", adapters=VARIANTS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_eval_scenes_are_held_out_and_deterministic():

@@ -13,7 +13,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from seedx_nano import evaluate as ev
 from seedx_nano import sweep as sw
@@ -39,12 +38,7 @@ def folder(export, tmp_path):
     return copy
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sweep_scenes_are_held_out_and_disjoint_from_the_eval():

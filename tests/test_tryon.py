@@ -242,16 +242,6 @@ def test_chat_types_image_roles_comma_separated():
 
 # --- the shipped SEED-X Nano --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def nano():
-    import torch
-
-    import seedx_agent
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield seedx_agent.from_pretrained("nano")
-    torch.set_num_threads(threads)
 
 
 def test_the_nano_dresses_held_out_people_in_the_garment_colour(nano, tmp_path):

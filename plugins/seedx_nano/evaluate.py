@@ -359,14 +359,8 @@ def _fmt_se(report: EvalReport, key: str) -> str:
 def _load(model: str | Path | None) -> "Runtime":
     import seedx_agent
 
-    from .preset import build_nano
-
-    if model is None or str(model) == NANO:
-        return seedx_agent.from_pretrained(NANO)
-    root = Path(model)
-    if read_manifest(root) is not None:  # an export folder: the Nano preset's loader
-        return build_nano(root=root, name=str(root))
-    return seedx_agent.from_pretrained(str(model))
+    # an export folder is claimed by the Nano preset (`preset.is_nano_folder`), as for any user
+    return seedx_agent.from_pretrained(NANO if model is None else str(model))
 
 
 def _model_root(model: str | Path | None) -> Path | None:

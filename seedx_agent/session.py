@@ -40,13 +40,14 @@ read back.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 from .reply_parser import ImageSlot, ParsedReply, ReplyParser
+from .steps import run_steps
+from .streaming import Cancelled, streamed
 from .turn_options import TurnOptions
 from .types import (ActionEvent, BoxPart, DenoiseStep, ErrorEvent, Event, ImageDone, ImagePart,
                     Notice, Part, Provenance, TextPart, TurnDone)
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from .store import SessionStore, TurnRecord
+    from .versions import Version
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +137,9 @@ class Session:
         ``guidance_scale=5``, ``edit=True``, ``skill="grounding"``); a keyword overrides
         ``options``. ``on_event`` is called with every event too. Setting ``cancel`` interrupts
         the LLM and the denoiser; the turn is then rolled back and ends with
-        ``finish_reason="cancelled"``."""
+        ``finish_reason="cancelled"``. An image may also be ``"version:N"``, a `Version` or an
+        `ImagePart` of this session. ``steps=N`` runs N recorded turns, each ending with its own
+        ``TurnDone``, each reading the picture the one before drew (`seedx_agent.steps`)."""
         if isinstance(images, (TurnOptions, str)):
             raise TypeError("images must be a sequence of images; pass options as options=…")
         opts = options if options is not None else TurnOptions()
@@ -146,7 +150,10 @@ class Session:
             images = list(images.values())
         if fields:
             opts = opts.merged(**fields)  # unknown or invalid fields fail here, before any work
-        for event in self._turn(text, list(images), opts, cancel or threading.Event()):
+        cancel = cancel or threading.Event()
+        steps = run_steps(self._turn, text, list(images), opts, cancel) if (opts.steps or 1) > 1 else \
+            self._turn(text, list(images), opts, cancel)
+        for event in steps:
             if on_event is not None:
                 on_event(event)
             yield event
@@ -168,16 +175,38 @@ class Session:
             self._images[image_id] = self.store.get_image(image_id)
         return self._images[image_id]
 
-    def latest_image(self) -> ImagePart | None:
-        for turn in reversed(self.history):
-            images = [p for p in turn.parts if isinstance(p, ImagePart)]
-            if images:
-                return images[-1]
-            if turn.request.image_ids:
-                image_id = turn.request.image_ids[-1]
-                im = self.get_image(image_id)
-                return ImagePart(image_id=image_id, width=im.width, height=im.height)
-        return None
+    def versions(self) -> list["Version"]:
+        """Every picture of the session as a numbered `Version` with its parent (versions.py)."""
+        from .versions import versions
+
+        return versions(self.history)
+
+    def working_image(self) -> ImagePart | None:
+        """The picture an edit or a follow-up without an image of its own is about: the latest
+        one, or the version ``revert`` went back to."""
+        from .versions import working_version
+
+        version = working_version(self.history)
+        return version.image if version is not None else None
+
+    latest_image = working_image  # the name before versions existed
+
+    def revert(self, number: int) -> "Version":
+        """Make version ``number`` the working image again; the next edit branches from it.
+
+        Recorded as a turn of its own (outside the model's context), so the store, resume and
+        fork keep the chain. Raises `LookupError` for a version the session does not have."""
+        from .store import TurnRecord, TurnRequest
+        from .versions import lookup
+
+        version = lookup(self.versions(), number)
+        record = TurnRecord(session_id=self.id, index=len(self.history),
+                            request=TurnRequest(revert_to=number), parts=(version.image,),
+                            status="done", context=None)
+        work = _Work(index=record.index, text="", options=TurnOptions(), cancel=threading.Event())
+        for error in self._record(record, work):
+            logger.warning("revert to version %d: %s", number, error.message)
+        return version
 
     @property
     def cached_tokens(self) -> int:
@@ -188,19 +217,28 @@ class Session:
     # --- one turn ---------------------------------------------------------------------------
     def _turn(self, text: str, sources: list[Any], opts: TurnOptions,
               cancel: threading.Event) -> Iterator[Event]:
-        from .skills import SkillRequestError, arrange_images
+        from .skills import SkillRequest, SkillRequestError, arrange_images
 
         work = _Work(index=len(self.history), text=text, options=opts, cancel=cancel)
         try:
             work.inputs = self._load_inputs(sources)
-            variant, skill = self._choose_variant(opts)
+            skill = self._skill(opts)
             try:  # the model reads the images in the order the skill's roles say
                 work.inputs = list(arrange_images(tuple(work.inputs), opts.image_roles, skill))
+                if skill is not None:  # the skill's wishes, under what the user set
+                    wishes = self.runtime.skill_host.turn_options(skill, SkillRequest(
+                        text=text, images=tuple(work.inputs), skill=skill.name),
+                        self.runtime.variants)
+                    opts = TurnOptions.model_validate({**wishes,
+                                                       **opts.model_dump(exclude_unset=True)})
             except SkillRequestError as exc:
-                raise TurnFailed("input", str(exc)) from None
+                raise TurnFailed("input" if not skill else f"skill:{skill.name}", str(exc)) from None
+            except Exception as exc:  # a skill's bug, or wishes that are not valid options
+                raise TurnFailed("skills", str(exc)) from None
             if opts.image_roles is not None:
-                work.options = opts.merged(image_roles=skill.image_roles)  # as the inputs now are
-            yield from self._run(work, variant)
+                opts = opts.merged(image_roles=skill.image_roles)  # as the inputs now are
+            work.options = opts
+            yield from self._run(work, self._choose_variant(opts, skill), skill)
         except TurnFailed as exc:
             error = ErrorEvent(source=exc.source, message=str(exc))
             work.errors.append(error)
@@ -210,8 +248,20 @@ class Session:
     def _load_inputs(self, sources: list[Any]) -> list[ImagePart]:
         from core_models.image_io import ImageInputError, content_hash, load_image
 
+        from .versions import lookup, version_number
+
         parts = []
         for i, source in enumerate(sources):
+            number = version_number(source)
+            if number is not None or isinstance(source, ImagePart):  # a picture of this session
+                try:
+                    part = lookup(self.versions(), number).image if number is not None else source
+                    image = self.get_image(part.image_id)
+                except (LookupError, KeyError) as exc:
+                    raise TurnFailed("input", f"image {i + 1}: {exc.args[0]}") from None
+                parts.append(ImagePart(image_id=part.image_id, width=image.width,
+                                       height=image.height))
+                continue
             try:
                 image = load_image(source)
             except ImageInputError as exc:
@@ -221,32 +271,34 @@ class Session:
             parts.append(ImagePart(image_id=image_id, width=image.width, height=image.height))
         return parts
 
-    def _choose_variant(self, opts: TurnOptions):
-        """The turn's variant and skill (the one it names, else the session's, else None)."""
-        skill = None
-        if (skill_name := opts.skill or self.record.default_skill) is not None:
-            try:
-                skill = self.runtime.skill_host.get(skill_name)
-            except Exception as exc:  # an unknown skill
-                raise TurnFailed("skills", str(exc)) from None
+    def _skill(self, opts: TurnOptions):
+        """The turn's skill: the one it names, else the session's, else None."""
+        if (skill_name := opts.skill or self.record.default_skill) is None:
+            return None
         try:
-            variant = self.runtime.variants.choose(
+            return self.runtime.skill_host.get(skill_name)
+        except Exception as exc:  # an unknown skill
+            raise TurnFailed("skills", str(exc)) from None
+
+    def _choose_variant(self, opts: TurnOptions, skill):
+        try:
+            return self.runtime.variants.choose(
                 opts.variant, edit=opts.edit, default=self.variant,
                 role=skill.variant_role if skill else None,
                 preferred=skill.preferred_variant if skill else None,
                 needed_by=f"skill {skill.name!r}" if skill else "")
         except LookupError as exc:
             raise TurnFailed("variant", exc.args[0]) from None
-        return variant, skill
 
-    def _run(self, work: "_Work", variant) -> Iterator[Event]:
+    def _run(self, work: "_Work", variant, skill) -> Iterator[Event]:
         from .skills import SkillContext, SkillReply, SkillRequest, SkillRequestError
         from .store import ModelContext, TurnRecord
 
         opts, inputs = work.options, work.inputs
         edit = bool(opts.edit or variant.single_image_edit)
-        attached = list(inputs)
-        latest = self.latest_image()
+        for_skill_only = skill is not None and not skill.model_reads_images and not edit
+        attached = [] if for_skill_only else list(inputs)
+        latest = None if for_skill_only else self.working_image()
         if edit and not attached:
             if latest is None:
                 raise TurnFailed("input", "nothing to edit: give an image or generate one first")
@@ -258,7 +310,8 @@ class Session:
             raise TurnFailed("input", f"an edit turn takes exactly one image, got {len(attached)}")
         work.attached = attached
 
-        request = SkillRequest(text=work.text, images=tuple(attached), skill=opts.skill)
+        request = SkillRequest(text=work.text, images=tuple(inputs if for_skill_only else attached),
+                               skill=opts.skill)
         host, default_skill = self.runtime.skill_host, self.record.default_skill
         try:
             host.check_request(request, self.get_image, default_skill=default_skill)
@@ -276,7 +329,7 @@ class Session:
                 if isinstance(event, Notice):
                     work.notices.append(event)
                 yield event
-        except _Cancelled:
+        except Cancelled:
             cancelled = True
         except TurnFailed:
             raise
@@ -307,7 +360,9 @@ class Session:
 
         actions: list = []
         if not cancelled and parsed is not None:
-            context = SkillContext(artifact_dir=self._artifacts(work.index), get_image=self.get_image)
+            context = SkillContext(artifact_dir=self._artifacts(work.index), get_image=self.get_image,
+                                   earlier_actions=tuple(a for t in self.history if t.status == "done"
+                                                         for a in t.actions))
             for event in self.runtime.skill_host.dispatch(SkillReply(request=request, parts=tuple(parts)),
                                                           context, default_skill=self.record.default_skill):
                 if isinstance(event, ErrorEvent):
@@ -450,7 +505,7 @@ class Session:
             if event.result is not None:
                 result = event.result
         if result.stop_reason == "cancelled":
-            raise _Cancelled()
+            raise Cancelled()
         reason = {"eos": "eos", "length": "max_new_tokens"}[result.stop_reason]
         work.parsed = parser.finish(reason)
         reply_ids = list(result.generated_ids)
@@ -471,7 +526,7 @@ class Session:
             if features is None:
                 continue
             src_image = self.get_image(source.image_id) if source is not None else None
-            image = yield from _streamed(lambda emit: rt.render(
+            image = yield from streamed(lambda emit: rt.render(
                 features, stage=stage, options=opts, source=src_image, cancel=work.cancel,
                 on_step=lambda i, n: emit(DenoiseStep(index=slot.run_index, step=i, total=n))))
             if src_image is not None:  # SEED-X-Edit renders squares; give back the source's shape
@@ -586,10 +641,6 @@ class Session:
         return self.artifact_dir / f"turn-{index:03d}"
 
 
-class _Cancelled(Exception):
-    pass
-
-
 @dataclass
 class _Work:
     """One turn in progress: what it was asked, and what the model side has produced so far."""
@@ -616,35 +667,6 @@ class _Work:
         return TurnRequest(text=self.text, image_ids=tuple(p.image_id for p in self.inputs),
                            skill=o.skill, force_image=o.force_image, edit=edit, variant=variant,
                            options=o.model_dump(exclude_defaults=True))
-
-
-def _streamed(work: Callable[[Callable[[Event], None]], Any]) -> Iterator[Event]:
-    """Run ``work(emit)`` on a worker thread, yielding what it emits; returns its result.
-
-    The denoiser reports progress through a callback, but a turn is a generator: this bridges
-    the two so that ``DenoiseStep`` events reach the caller while the image is being made.
-    """
-    from core_models.detokenizer import DenoisingCancelled
-
-    events: queue.SimpleQueue = queue.SimpleQueue()
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = work(events.put)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-            outcome["error"] = exc
-        finally:
-            events.put(_streamed)
-
-    threading.Thread(target=run, name="seedx-render", daemon=True).start()
-    while (item := events.get()) is not _streamed:
-        yield item
-    if isinstance(outcome.get("error"), DenoisingCancelled):
-        raise _Cancelled()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def _with_images(text: str, encoded: list, num_img_tokens: int, image_first: bool) -> str:

@@ -107,6 +107,25 @@ class SkillHost:
         except Exception as exc:
             raise SkillError(f"skill {name!r} failed to check the request: {exc!r}") from exc
 
+    def turn_options(self, skill: Skill, request: SkillRequest, variants: Any) -> dict[str, Any]:
+        """``skill``'s wishes for the turn's options, checked (`TurnOptions` fields only)."""
+        from .turn_options import TurnOptions
+
+        try:
+            wishes = skill.turn_options(request, variants)
+        except SkillRequestError:
+            raise
+        except Exception as exc:
+            raise SkillError(f"skill {skill.name!r} failed to choose its turn options: "
+                             f"{exc!r}") from exc
+        if not isinstance(wishes, dict):
+            raise SkillError(f"skill {skill.name!r}: turn_options returned "
+                             f"{type(wishes).__name__}, not a dict")
+        unknown = sorted(set(wishes) - set(TurnOptions.model_fields))
+        if unknown:
+            raise SkillError(f"skill {skill.name!r}: turn_options gave unknown options {unknown}")
+        return wishes
+
     def build_prompt(self, request: SkillRequest, *, default_skill: str | None = None) -> str:
         """The prompt for ``request``: phrased by the turn's (or session's) skill, if any."""
         name = request.skill or default_skill

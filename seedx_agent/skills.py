@@ -132,17 +132,25 @@ class SkillContext:
     two skills never overwrite each other's files. ``get_image`` is usually the store's
     ``SessionStore.get_image``. ``results`` collects one ``ActionResult`` per action that ran, in
     the order of the ``ActionEvent``s; only the host appends to it.
+
+    ``earlier_actions`` are the actions of the session's earlier finished turns, oldest first
+    (narrowed to the skill's own by ``for_skill``): a skill whose artifact grows over a session
+    (a deck a slide per turn, a storybook a step per turn) rebuilds it from them, so a resumed or
+    forked session gets the same file without the skill keeping any state.
     """
 
     artifact_dir: Path
     get_image: Callable[[str], Image.Image]
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("seedx_agent.skills"))
     results: list[ActionResult] = field(default_factory=list)
+    earlier_actions: tuple[Action, ...] = ()
 
     def for_skill(self, name: str) -> SkillContext:
-        """This context narrowed to one skill (its own directory and logger, shared results)."""
+        """This context narrowed to one skill (its own directory, logger and earlier actions;
+        shared results)."""
         return replace(self, artifact_dir=Path(self.artifact_dir) / name,
-                       logger=self.logger.getChild(name))
+                       logger=self.logger.getChild(name),
+                       earlier_actions=tuple(a for a in self.earlier_actions if a.skill == name))
 
 
 # --- the skill contract --------------------------------------------------------------------------
@@ -165,6 +173,15 @@ class Skill:
     image_roles: ClassVar[tuple[str, ...]] = ()
     deadline_s: ClassVar[float] = 30.0
     action_types: ClassVar[dict[str, type[BaseModel]]] = {}
+    # False: the turn's images are for the skill (``request.images``), not for the model to read
+    # (a slide skill placing a poster it was given: the model lays out the slide from the words)
+    model_reads_images: ClassVar[bool] = True
+
+    def turn_options(self, request: SkillRequest, variants: Any) -> dict[str, Any]:
+        """`TurnOptions` fields this request wants (``{"edit": True}`` for "improve this"),
+        given the registered variants (a `VariantRegistry`); what the user set explicitly wins.
+        Runs before the variant is chosen; ``request.images`` are the user's images."""
+        return {}
 
     def check_request(self, request: SkillRequest,
                       get_image: Callable[[str], Image.Image]) -> None:

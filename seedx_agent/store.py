@@ -88,6 +88,8 @@ class TurnRequest(_Record):
     edit: bool = False
     variant: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    revert_to: int | None = Field(default=None, ge=1, description="a revert turn: the image "
+                                  "version it made the working image again (versions.py)")
 
 
 class ModelContext(_Record):

@@ -42,6 +42,9 @@ class TurnOptions(BaseModel):
     image_roles: tuple[str, ...] | None = Field(
         default=None, description="the role of each of the turn's images, in the order given "
                                   "(garment, person), for a skill that names its images")
+    steps: int | None = Field(
+        default=None, ge=1, le=64, description="run the turn this many times, each step reading "
+                                               "the picture the step before drew (a story)")
     max_new_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, description="the de-tokenizer's noise seed")
     num_inference_steps: int | None = Field(default=None, ge=1)

@@ -13,6 +13,12 @@ Each arm is scored every ``--eval-every`` steps with greedy decoding on held-out
 scenes (mean IoU and its standard error). If ``slot`` learns positions and ``plain`` does not,
 the lever is an input-side position code; if neither does, the budget or the ViT is the limit.
 
+``--share`` sets the fraction of each batch drawn from the grounding tasks (1.0: grounding
+only); below 1 the rest comes from every other task with the stage's full loss, so the other
+skills are not forgotten while grounding gets a larger share of the steps than in the default
+mix. ``--save DIR`` keeps a resumable checkpoint per arm (weights, optimiser, step) at every
+evaluation and on SIGTERM, and continues from it when the command is run again.
+
     python -m seedx_nano.train.grounding_arms --run ~/.cache/seedx-nano/run --steps 1000
 """
 
@@ -21,11 +27,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import signal
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from core_models.any_res import image_token_block, process_anyres_image
@@ -80,40 +88,98 @@ def where_miou(run: Run, agent, vit, n: int) -> dict:
                 sample=sample)
 
 
+class MixedSampler:
+    """Batches with a fixed share of grounding examples, the rest from every other task."""
+
+    def __init__(self, data: LLMData, share: float):
+        tasks_of = data.ex["task"]
+        self.grounding = [i for i in data.indices if tasks_of[i] in GROUNDING_TASKS]
+        self.other = [i for i in data.indices if tasks_of[i] not in GROUNDING_TASKS]
+        self.share = share
+
+    def sample(self, b: int, g: torch.Generator) -> list[int]:
+        n_ground = b if self.share >= 1 else int(round(b * self.share))
+        pick_g = torch.randint(0, len(self.grounding), (n_ground,), generator=g).tolist()
+        pick_o = torch.randint(0, len(self.other), (b - n_ground,), generator=g).tolist()
+        return [self.grounding[i] for i in pick_g] + [self.other[i] for i in pick_o]
+
+
+def save_checkpoint(path: Path, modules: dict[str, nn.Module], opt, step: int, points: list) -> None:
+    """Weights, optimiser and step, each file written aside and renamed so a kill loses nothing."""
+    path.mkdir(parents=True, exist_ok=True)
+    state = {f"{name}.{k}": v.detach().contiguous() for name, m in modules.items()
+             for k, v in m.state_dict().items()}
+    tmp = path / "weights.safetensors.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(path / "weights.safetensors")
+    torch.save(opt.state_dict(), path / "optim.pt.tmp")
+    (path / "optim.pt.tmp").replace(path / "optim.pt")
+    (path / "state.json.tmp").write_text(json.dumps(dict(step=step, points=points)))
+    (path / "state.json.tmp").replace(path / "state.json")
+
+
+def load_checkpoint(path: Path, modules: dict[str, nn.Module], opt) -> tuple[int, list]:
+    if not (path / "state.json").exists():
+        return 0, []
+    state = load_file(str(path / "weights.safetensors"))
+    for name, m in modules.items():
+        prefix = f"{name}."
+        m.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    opt.load_state_dict(torch.load(path / "optim.pt", weights_only=True))
+    meta = json.loads((path / "state.json").read_text())
+    return int(meta["step"]), list(meta["points"])
+
+
 def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: int, n_eval: int,
-            log: Path) -> list[dict]:
+            log: Path, share: float = 1.0, save: Path | None = None) -> list[dict]:
     torch.manual_seed(0)
     agent = trained_agent(run)
     vit = frozen_vit(run)
-    params = list(agent.parameters())
+    modules: dict[str, nn.Module] = dict(agent=agent)
     if arm == "slot":
         code = SlotCode(agent.input_resampler.num_queries, agent.input_resampler.embed_dim)
         agent.input_resampler.register_forward_hook(code.hook)
-        params += list(code.parameters())
+        modules["slot"] = code
+    params = [p for m in modules.values() for p in m.parameters()]
     data = LLMData(run, "train")
-    data.indices = [i for i in data.indices if data.ex["task"][i] in GROUNDING_TASKS]
+    sampler = MixedSampler(data, share)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    points = [dict(arm=arm, step=0, **where_miou(run, agent, vit, n_eval))]
-    say(arm, json.dumps(points[-1]))
+    name = arm if share >= 1 else f"{arm}_share{share:g}"
+    ckpt = save / name if save else None
+    start, points = load_checkpoint(ckpt, modules, opt) if ckpt else (0, [])
+    if start:
+        say(name, f"resuming at step {start}/{steps}")
+    else:
+        points = [dict(arm=name, step=0, **where_miou(run, agent, vit, n_eval))]
+        say(name, json.dumps(points[-1]))
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
     agent.train()
     t0 = time.time()
-    for step in range(steps):
+    for step in range(start, steps):
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, steps, 50)
         g = step_generator(1, f"grounding_{arm}", step)
-        out = agent(**data.batch(data.sample(batch, g)))
+        out = agent(**data.batch(sampler.sample(batch, g)))
+        loss = out["lm_loss"] if share >= 1 else out["total_loss"]
         opt.zero_grad(set_to_none=True)
-        out["lm_loss"].backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if (step + 1) % 25 == 0:
-            say(arm, f"step {step + 1}/{steps} lm {out['lm_loss'].item():.4f} "
-                     f"{(step + 1) / (time.time() - t0):.2f} it/s")
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            points.append(dict(arm=arm, step=step + 1, **where_miou(run, agent, vit, n_eval)))
-            say(arm, json.dumps(points[-1]))
+        done = step + 1
+        if done % 25 == 0:
+            say(name, f"step {done}/{steps} lm {out['lm_loss'].item():.4f} "
+                      f"rec {out['rec_loss'].item():.4f} {(done - start) / (time.time() - t0):.2f} it/s")
+        if done % eval_every == 0 or done == steps:
+            points.append(dict(arm=name, step=done, **where_miou(run, agent, vit, n_eval)))
+            say(name, json.dumps(points[-1]))
             with log.open("a") as f:
                 f.write(json.dumps(points[-1]) + "\n")
+        if ckpt and (stop or done % eval_every == 0 or done == steps):
+            save_checkpoint(ckpt, modules, opt, done, points)
+        if stop:
+            say(name, f"stopped by SIGTERM at step {done}; run the same command to continue")
+            raise SystemExit(0)
     return points
 
 
@@ -128,13 +194,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-eval", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log", type=Path, default=None, help="JSON lines of the scores")
+    p.add_argument("--share", type=float, default=1.0,
+                   help="fraction of each batch from the grounding tasks (1: grounding only)")
+    p.add_argument("--save", type=Path, default=None, help="resumable checkpoints, one per arm")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     plan = Plan(**json.loads((a.run / "plan.json").read_text()))
     run = Run(a.run, plan)
     log = a.log or a.run / "grounding_arms.jsonl"
     for arm in a.arms.split(","):
-        run_arm(run, arm, a.steps, a.batch, a.lr, a.eval_every, a.n_eval, log)
+        run_arm(run, arm, a.steps, a.batch, a.lr, a.eval_every, a.n_eval, log, a.share, a.save)
     return 0
 
 

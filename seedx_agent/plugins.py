@@ -27,17 +27,28 @@ pm.add_hookspecs(hookspecs)
 
 
 def load_plugins(names: str | None = None) -> None:
-    """Register the ``seedx`` entry points named in ``names`` (comma-separated; None = all)."""
-    if names is None:
-        pm.load_setuptools_entrypoints("seedx")
-        return
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    """Register the ``seedx`` entry points named in ``names`` (comma-separated; None = all).
+
+    One plugin that fails to import is reported (its name, the error, how to leave it out) and
+    skipped: a broken third-party package must not take the other skills down with it."""
     available = {ep.name for ep in metadata.entry_points(group="seedx")}
+    wanted = sorted(available) if names is None else [n.strip() for n in names.split(",")
+                                                      if n.strip()]
     for name in wanted:
         if name not in available:
             print(f"seedx: plugin {name!r} is not installed (SEEDX_LOAD_PLUGINS)", file=sys.stderr)
-        else:
+            continue
+        try:
             pm.load_setuptools_entrypoints("seedx", name=name)
+        except Exception as exc:
+            BROKEN[name] = f"{type(exc).__name__}: {exc}"
+            print(f"seedx: plugin {name!r} failed to load and is skipped: {BROKEN[name]} "
+                  "(reinstall it, or leave it out with SEEDX_LOAD_PLUGINS)", file=sys.stderr)
+
+
+BROKEN: dict[str, str] = {}
+"""Plugins that failed to load, by entry-point name, with the error (``seedx plugins`` shows
+them)."""
 
 
 def _trace_before(hook_name, hook_impls, kwargs):

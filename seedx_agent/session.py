@@ -225,14 +225,17 @@ class Session:
             skill = self._skill(opts)
             try:  # the model reads the images in the order the skill's roles say
                 work.inputs = list(arrange_images(tuple(work.inputs), opts.image_roles, skill))
-                if skill is not None:  # the skill's wishes, under what the user set
+            except SkillRequestError as exc:  # the pictures do not fit the roles: the input's
+                raise TurnFailed("input", str(exc)) from None
+            try:  # the skill's wishes, under what the user set
+                if skill is not None:
                     wishes = self.runtime.skill_host.turn_options(skill, SkillRequest(
                         text=text, images=tuple(work.inputs), skill=skill.name),
                         self.runtime.variants)
                     opts = TurnOptions.model_validate({**wishes,
                                                        **opts.model_dump(exclude_unset=True)})
             except SkillRequestError as exc:
-                raise TurnFailed("input" if not skill else f"skill:{skill.name}", str(exc)) from None
+                raise TurnFailed(f"skill:{skill.name}", str(exc)) from None
             except Exception as exc:  # a skill's bug, or wishes that are not valid options
                 raise TurnFailed("skills", str(exc)) from None
             if opts.image_roles is not None:

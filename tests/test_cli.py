@@ -289,6 +289,30 @@ def test_chat_repl_through_stdin(tmp_path, capsys):
     assert "  1 turn " in capsys.readouterr().out
 
 
+
+def test_chat_versions_revert_and_version_images(tmp_path):
+    picture = tmp_path / "photo.png"
+    synthetic_image(64, 48).save(picture)
+    lines = ["/versions", f"/image {picture}", "/draw", "draw it", "/versions", "/revert 9",
+             "/revert x", "/revert 1", "/image version:7", "/image version:2", "/quit"]
+    result = subprocess.run(
+        [sys.executable, "-m", "seedx_agent.cli", "chat", "--model", "tiny", "--store",
+         str(tmp_path / "store"), "--max-new-tokens", "68"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, cwd=ROOT, timeout=180)
+    out, err = result.stdout, result.stderr
+    assert result.returncode == 0, err
+    assert "no images yet" in out
+    # the photo given is version 1, the picture drawn from it version 2, the working one
+    (given,) = [line for line in out.splitlines() if line.startswith("    1  given")]
+    (made,) = [line for line in out.splitlines() if line.startswith("*   2  from 1")]
+    assert "64x48" in given and "generated" in made
+    assert "there is no version 9: this session has versions 1..2" in err
+    assert "usage: /revert N" in err
+    assert "version 1 is the working image again" in out
+    assert "not attached: there is no version 7" in err
+    assert "attached version 2 (" in out
+
+
 def test_docs_cover_commands_script_and_transcript(demo):
     docs = (ROOT / "docs" / "cli.md").read_text()
     for path, command in walk(cli.cli):

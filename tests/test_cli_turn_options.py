@@ -42,7 +42,8 @@ def detokenizer_calls(runtime, monkeypatch):
 
 
 def test_a_script_turn_takes_exactly_the_turn_options():
-    assert set(ScriptTurn.model_fields) == set(TurnOptions.model_fields) | {"text", "images"}
+    assert set(ScriptTurn.model_fields) == set(TurnOptions.model_fields) | {"text", "images",
+                                                                          "revert_to"}
     for name, field in TurnOptions.model_fields.items():  # same types and bounds, not copies
         assert ScriptTurn.model_fields[name].annotation == field.annotation
     script = parse_script({"guidance_scale": 2.5, "turns": [{"text": "a", "seed": 3},

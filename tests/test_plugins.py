@@ -17,6 +17,9 @@ LIST_PLUGINS = "import json; from seedx_agent.plugins import get_plugins; " \
                "print(json.dumps(get_plugins()))"
 
 
+BUILT_IN = ("designer", "grounding", "slides", "story", "tryon")  # the five skills
+
+
 def run_python(code, cwd, env=None, pythonpath=None):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SEEDX_")}
     clean.pop("PYTHONPATH", None)
@@ -54,9 +57,9 @@ def test_trace_plugins_prints_hook_calls(tmp_path):
     traced = run_python(code, tmp_path, {"SEEDX_TRACE_PLUGINS": "1"})
     assert "register_skills({'register':" in traced.stderr
     (implementers,) = re.findall(r"register_skills\(.*\) -> \[(.*)\]", traced.stderr)
-    assert {"grounding", "tryon"} <= set(implementers.split(", "))
+    assert set(BUILT_IN) <= set(implementers.split(", "))
     # what the hook registered
-    assert "SkillHost skills=['grounding', 'tryon']" in traced.stderr
+    assert f"SkillHost skills={sorted(BUILT_IN)}" in traced.stderr
 
 
 THIRD_PARTY = '''
@@ -123,7 +126,7 @@ def test_third_party_distribution_is_loaded_and_used(tmp_path):
     out = json.loads(run_python(textwrap.dedent(code), tmp_path, pythonpath=site).stdout)
     assert {"name": "thirdparty", "package": "thirdparty-skill", "version": "0.1",
             "hooks": ["register_skills"]} in out["plugins"]
-    assert out["skills"] == ["echo", "grounding", "tryon"]
+    assert sorted(out["skills"]) == sorted(["echo", *BUILT_IN])
     assert out["events"] == [{
         "type": "action_event", "schema_version": 2, "summary": "echoed",
         "artifacts": [str((artifacts / "echo" / "echo.txt").resolve())],
@@ -142,3 +145,21 @@ def test_plugins_and_skills_do_not_import_torch(tmp_path):
             "seedx_tryon; "
             "seedx_agent.skill_host.SkillHost(); assert 'torch' not in sys.modules, 'torch imported'")
     run_python(code, tmp_path)
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_the_others_still_load(tmp_path):
+    site = tmp_path / "site"
+    (site / "broken_skill").mkdir(parents=True)
+    (site / "broken_skill" / "__init__.py").write_text("import no_such_module_here\n")
+    dist_info = site / "broken_skill-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-skill\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[seedx]\nbroken = broken_skill\n")
+    code = ("import json; from seedx_agent.plugins import BROKEN, get_plugins; "
+            "print(json.dumps({'loaded': [p['name'] for p in get_plugins()], 'broken': BROKEN}))")
+    done = run_python(code, tmp_path, pythonpath=site)
+    out = json.loads(done.stdout)
+    assert "grounding" in out["loaded"] and "broken" not in out["loaded"]
+    assert "no_such_module_here" in out["broken"]["broken"]
+    assert "plugin 'broken' failed to load and is skipped" in done.stderr
+    assert "SEEDX_LOAD_PLUGINS" in done.stderr

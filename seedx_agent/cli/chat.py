@@ -25,14 +25,16 @@ from .sessions import export_session, open_store, resolve_session, store_option
 from .turn_printer import TurnPrinter
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from ..session import Session
     from ..store import SessionStore
 
 CHAT_HELP = """\
   TEXT              send a turn
-  /image PATH       attach an image to the next turn (repeat for several)
+  /image PATH       attach an image to the next turn (repeat for several); PATH may be
+                    version:N, a picture of this session
+  /versions         the session's pictures, numbered, with the one each was made from
+  /revert N         make version N the working image: the next /edit branches from it
   /draw             toggle: the next turn must answer with an image
   /edit             toggle: the next turn edits its image (or the latest one)
   /set NAME VALUE   set a turn option for all later turns, e.g. /set guidance_scale 5
@@ -56,7 +58,7 @@ CHAT_HELP = """\
 def chat(model: str | None, placement: str | None, store: Path | None, session_id: str | None,
          skill: str | None, max_new_tokens: int | None) -> int:
     """Talk to SEED-X in a REPL: each line is a user turn; /help lists the commands (/image,
-    /draw, /edit, /set, /unset, /skill, /save, /quit)."""
+    /versions, /revert, /draw, /edit, /set, /unset, /skill, /save, /quit)."""
     opened = open_store(store, create=True)
     runtime = load_runtime(model, placement)
     print_banner(runtime, sys.stdout)
@@ -77,7 +79,7 @@ class _Pending:
     """What the next turn carries besides its text and the options set; reset after every turn."""
 
     def __init__(self) -> None:
-        self.images: list[Image.Image] = []
+        self.images: list[Any] = []  # pictures, or "version:N"
         self.force_image = False
         self.edit = False
 
@@ -139,6 +141,19 @@ class ChatRepl:
             self.say(CHAT_HELP)
         elif name == "/image":
             self._attach(_unquote(arg))
+        elif name == "/versions":
+            from ..versions import describe, working_version
+
+            self.say(describe(self.session.versions(), working_version(self.session.history)))
+        elif name == "/revert":
+            if not arg.isdigit():
+                raise CliError("usage: /revert N (/versions lists them)")
+            try:
+                version = self.session.revert(int(arg))
+            except LookupError as exc:
+                raise CliError(str(exc)) from None
+            self.say(f"version {version.number} is the working image again; an /edit now "
+                     "branches from it")
         elif name == "/draw":
             self.pending.force_image = not self.pending.force_image
             self.say(f"next turn draws an image: {_on_off(self.pending.force_image)}")
@@ -186,8 +201,19 @@ class ChatRepl:
     def _attach(self, path: str) -> None:
         from core_models.image_io import ImageInputError, load_image
 
+        from ..versions import lookup, version_number
+
         if not path:
             raise CliError("usage: /image PATH")
+        if (number := version_number(path)) is not None:
+            try:
+                version = lookup(self.session.versions(), number)
+            except LookupError as exc:
+                raise CliError(f"not attached: {exc}") from None
+            self.pending.images.append(path)
+            self.say(f"attached version {number} ({version.image.width}x{version.image.height}) "
+                     "to the next turn")
+            return
         try:
             image = load_image(os.path.expanduser(path))
         except ImageInputError as exc:

@@ -17,7 +17,7 @@ from .errors import EXIT_OK
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def plugins(as_json: bool) -> int:
     """List the plugins, their hooks, the presets and the skills."""
-    from ..plugins import get_plugins, pm
+    from ..plugins import BROKEN, get_plugins, pm
     from ..presets import default_preset, presets
     from ..skill_host import SkillHost
 
@@ -34,12 +34,15 @@ def plugins(as_json: bool) -> int:
                "class": f"{type(s).__module__}.{type(s).__qualname__}"}
               for s in SkillHost(pm).skills.values()]
     if as_json:
-        click.echo(json.dumps({"plugins": loaded, "presets": models, "skills": skills}, indent=2))
+        click.echo(json.dumps({"plugins": loaded, "broken": BROKEN, "presets": models,
+                               "skills": skills}, indent=2))
         return EXIT_OK
     click.echo("plugins:" if loaded else "plugins: none loaded (see SEEDX_LOAD_PLUGINS)")
     for p in loaded:
         origin = f"{p['package']} {p['version']}" if p["package"] else "registered in code"
         click.echo(f"  {p['name']:<16} {origin:<24} hooks: {', '.join(p['hooks']) or '-'}")
+    for name, error in BROKEN.items():
+        click.echo(f"  {name:<16} FAILED TO LOAD: {error}")
     click.echo("presets (--model NAME):" if models else "presets: none")
     for m in models:
         mark = " (default)" if m["default"] else ""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..types import ErrorEvent, Notice, TurnDone
+from ..versions import VERSION_REF
 from .errors import EXIT_OK, CliError
 from .model import load_runtime, model_options, print_banner
 from .script import Script, ScriptTurn, load_script, parse_script
@@ -95,7 +96,7 @@ def run_script(script: Script, base: Path, out: Path, *, source: str, model: str
         for n, turn in enumerate(script.turns):
             click.echo(f"\n--- turn {n + 1}/{len(script.turns)}: {turn.text!r}"
                        + (f" (+{len(turn.image_specs)} image(s))" if turn.images else ""))
-            entries.append(run_turn(session, store, script, turn, n, base, out))
+            entries.extend(run_turn(session, store, script, turn, n, base, out))
     finally:
         path = write_transcript(out, script=script, source=source, runtime=runtime,
                                 session=session, store=store, entries=entries,
@@ -110,15 +111,41 @@ def run_script(script: Script, base: Path, out: Path, *, source: str, model: str
 
 
 def run_turn(session: "Session", store: "SessionStore", script: Script, turn: ScriptTurn, n: int,
-             base: Path, out: Path) -> dict[str, Any]:
-    """One script turn; whatever goes wrong is recorded in the returned transcript entry."""
+             base: Path, out: Path) -> list[dict[str, Any]]:
+    """One script turn (a ``revert_to`` first): its transcript entries, one per recorded turn
+    (``steps: N`` records N). Whatever goes wrong is recorded in them."""
     printer = TurnPrinter(sys.stdout, sys.stderr, image_path=store.image_path)
     options = script.turn_options(turn)
-    before = len(session.history)
     errors: list[dict[str, Any]] = []
     notices: list[str] = []
-    done: TurnDone | None = None
     started = time.monotonic()
+
+    def entry(done: TurnDone | None, before: int) -> dict[str, Any]:
+        stored = session.history[before] if len(session.history) > before else None
+        request = {"text": turn.text, "images": list(turn.image_specs),
+                   "revert_to": turn.revert_to, **options.model_dump(mode="json")}
+        made = turn_entry(script_index=n, request=request, done=done, stored=stored,
+                          errors=list(errors), notices=list(notices), out=out,
+                          seconds=time.monotonic() - started)
+        errors.clear()
+        notices.clear()
+        return made
+
+    if turn.revert_to is not None:
+        before = len(session.history)
+        try:
+            version = session.revert(turn.revert_to)
+        except LookupError as exc:
+            printer.line(f"error (input): {exc}", sys.stderr)
+            errors.append({"type": "error", "source": "input", "message": str(exc)})
+            return [entry(None, before)]
+        printer.line(f"reverted to version {version.number}: the working image is "
+                     f"{version.image_id}", sys.stdout)
+        if not turn.text and not turn.images:
+            return [entry(TurnDone(turn_index=session.history[-1].index, parts=(version.image,)),
+                          before)]
+    entries: list[dict[str, Any]] = []
+    before = len(session.history)
     printer.begin("seedx> ")
     try:
         for event in session.turn(turn.text, turn_images(turn, base), options=options):
@@ -127,23 +154,27 @@ def run_turn(session: "Session", store: "SessionStore", script: Script, turn: Sc
                 errors.append(event.model_dump(mode="json"))
             elif isinstance(event, Notice):
                 notices.append(event.message)
-            elif isinstance(event, TurnDone):
-                done = event
+            elif isinstance(event, TurnDone):  # one per step
+                entries.append(entry(event, before + len(entries)))
     except Exception as exc:  # the session should not raise; if it does, record and go on
         printer.line(f"error (cli): {type(exc).__name__}: {exc}", sys.stderr)
         errors.append({"type": "error", "source": "cli", "message": f"{type(exc).__name__}: {exc}"})
-    stored = session.history[before] if len(session.history) > before else None
-    request = {"text": turn.text, "images": list(turn.image_specs),
-               **options.model_dump(mode="json")}
-    return turn_entry(script_index=n, request=request, done=done, stored=stored,
-                      errors=errors, notices=notices, out=out,
-                      seconds=time.monotonic() - started)
+    if errors or notices or not entries:  # what came after the last step, or a turn that broke
+        if entries:
+            entries[-1]["errors"] += errors
+            entries[-1]["notices"] += notices
+        else:
+            entries.append(entry(None, before))
+    return entries
 
 
 def turn_images(turn: ScriptTurn, base: Path) -> list[Any]:
     """The turn's pictures: synthetic ones made, files as paths under ``base``."""
     images: list[Any] = []
     for spec in turn.image_specs:
+        if VERSION_REF.match(spec.strip()):
+            images.append(spec.strip())  # the session looks it up
+            continue
         size = parse_synthetic(spec)
         images.append(synthetic_image(*size) if size else base / spec)
     return images

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ..turn_options import RENDER_OPTIONS, TurnOptions
+from ..versions import VERSION_REF
 from .errors import CliError
 from .synthetic import MAX_SIDE, parse_synthetic
 
@@ -28,7 +29,11 @@ class ScriptTurn(TurnOptions):
     text: str = ""
     images: tuple[str, ...] | dict[str, str] = Field(
         default=(), description="paths relative to the script's folder, or synthetic:WxH; "
-                                "as a mapping, keyed by each picture's role")
+                                "or version:N (a picture of this session); as a mapping, "
+                                "keyed by each picture's role")
+    revert_to: int | None = Field(
+        default=None, ge=1, description="make version N the working image first (an edit "
+                                        "after it branches); alone, the turn only reverts")
 
     @model_validator(mode="after")
     def _roles_named_once(self) -> "ScriptTurn":
@@ -106,6 +111,8 @@ def check_images(script: Script, base: Path, source: str) -> None:
         names = list(turn.images) if isinstance(turn.images, dict) else range(len(turn.images))
         for i, spec in zip(names, turn.image_specs):
             where = f"{source}: turns[{t}].images" + (f"[{i}]" if isinstance(i, int) else f".{i}")
+            if VERSION_REF.match(spec.strip()):
+                continue  # a picture of the session, looked up when the turn runs
             size = parse_synthetic(spec)
             if size is not None and not all(1 <= n <= MAX_SIDE for n in size):
                 raise CliError(f"{where}: synthetic sizes are 1..{MAX_SIDE}, got {spec!r}")

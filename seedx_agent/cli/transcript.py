@@ -15,6 +15,7 @@ from core_models.files import write_json
 
 from .. import __version__
 from ..types import ImagePart, TextPart, TurnDone
+from ..versions import working_version
 from .report_page import write_report_page
 
 if TYPE_CHECKING:
@@ -23,8 +24,9 @@ if TYPE_CHECKING:
     from ..store import SessionStore
     from .script import Script
 
-TRANSCRIPT_SCHEMA_VERSION = 2
-"""2: ``notice`` (was ``untrained_notice``), ``request`` carries every turn option, picture
+TRANSCRIPT_SCHEMA_VERSION = 3
+"""3: ``versions`` (the session's pictures as numbered versions with parents) and the turns'
+``request.revert_to``. 2: ``notice`` (was ``untrained_notice``), ``request`` carries every turn option, picture
 provenance in the names of the turn options (types schema 2). 1: the first layout."""
 
 
@@ -72,13 +74,18 @@ def write_transcript(out: Path, *, script: "Script", source: str, runtime: "Runt
         "types_schema_version": SCHEMA_VERSION,
         "seedx_agent_version": __version__,
         "script": {"source": source, **script.model_dump(mode="json")},
-        "complete": len(entries) == len(script.turns),
+        "complete": {e["script_index"] for e in entries} == set(range(len(script.turns))),
         "notice": runtime.notice,
         "runtime": runtime.describe(),
         "session": session.record.model_dump(mode="json"),
         "store": "store",
         "seconds": round(seconds, 3),
         "turns": entries,
+        "versions": [{"number": v.number, "image_id": v.image_id, "parent": v.parent,
+                      "turn_index": v.turn_index, "role": v.image.role,
+                      "file": f"images/{v.image_id}.png"} for v in session.versions()],
+        "working_version": (working.number if (working := working_version(session.history))
+                            else None),
     }
     path = out / "transcript.json"
     write_json(path, transcript)

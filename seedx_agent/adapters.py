@@ -26,10 +26,14 @@ ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
                         template=PromptTemplate(multi_turn=False)),
     "tryon": dict(description="try-on adapter: person + garment in, the person (the stage-2 "
                               "condition) dressed out", detokenizer_stage=2, roles=("tryon",)),
+    # the designer, slide and story adapters were trained on single requests: a conversation
+    # before the request garbles their answers, so each turn is its own single-turn prompt
     "designer": dict(description="designer adapter: posters with their intent, and suggested "
-                                 "improvements drawn as edits", roles=("designer",)),
+                                 "improvements drawn as edits", roles=("designer",),
+                     template=PromptTemplate(multi_turn=False)),
     "slide": dict(description="slide adapter: title, bullets and the layout as boxes, then the "
-                              "whole slide as one picture", roles=("slides",)),
+                              "whole slide as one picture", roles=("slides",),
+                  template=PromptTemplate(multi_turn=False)),
     # trained on single steps (one picture in, the next sentence and scene out), so each story
     # step is its own single-turn prompt on the picture before
     "story": dict(description="story adapter: a scene in, the next sentence and scene out",

@@ -263,7 +263,7 @@ class Session:
                 except (LookupError, KeyError) as exc:
                     raise TurnFailed("input", f"image {i + 1}: {exc.args[0]}") from None
                 parts.append(ImagePart(image_id=part.image_id, width=image.width,
-                                       height=image.height))
+                                       height=image.height, provenance=part.provenance))
                 continue
             try:
                 image = load_image(source)

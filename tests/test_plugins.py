@@ -163,3 +163,18 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_still_load(tmp
     assert "no_such_module_here" in out["broken"]["broken"]
     assert "plugin 'broken' failed to load and is skipped" in done.stderr
     assert "SEEDX_LOAD_PLUGINS" in done.stderr
+
+
+def test_seedx_plugins_lists_the_five_skills_from_the_entry_point(tmp_path):
+    code = "from seedx_agent.cli import main; main(['plugins', '--json'])"
+    out = json.loads(run_python(code, tmp_path).stdout)
+    skills = {s["name"]: s for s in out["skills"]}
+    assert set(BUILT_IN) <= set(skills)
+    for name in BUILT_IN:  # each from its own package, loaded as the seedx entry point
+        assert skills[name]["class"].startswith(f"seedx_{name}.")
+        (plugin,) = [p for p in out["plugins"] if p["name"] == name]
+        assert plugin["package"] == "seedx-agent" and plugin["hooks"] == ["register_skills"]
+    assert skills["slides"]["variant_role"] == "slides"
+    assert skills["story"]["variant_role"] == "story"
+    assert skills["designer"]["variant_role"] is None
+    assert out["broken"] == {}

@@ -18,6 +18,7 @@ from typing import Any
 from core_models.boxes import LOC_BINS
 from core_models.files import atomic_write, write_json
 
+from .artifacts import PROVENANCE_KEY, load_picture, provenance_json, read_provenance, save_png
 from .hookspecs import hookimpl
 from .presets import Preset, PresetError, default_preset
 from .skills import (ActionResult, Skill, SkillContext, SkillReply, SkillRequest,
@@ -73,5 +74,6 @@ __all__ = [
     "Event", "ImageDone", "ImagePart", "ImageStarted", "Notice", "Part", "Provenance", "TextDelta",
     "TextPart", "TurnDone", "parts_to_content_blocks", "AdapterWeights", "PromptTemplate",
     "ResidencyPolicy", "Variant", "VariantRegistry", "LOC_BINS", "atomic_write", "write_json",
+    "PROVENANCE_KEY", "save_png", "read_provenance", "load_picture", "provenance_json",
     "user_dir", *_LAZY,
 ]

@@ -32,12 +32,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 
 from seedx_agent import (Action, ActionResult, ImagePart, Skill, SkillContext, SkillReply,
-                         SkillRequest, TextPart, hookimpl, write_json)
+                         SkillRequest, TextPart, hookimpl, load_picture, provenance_json, save_png,
+                         write_json)
 
-from .files import before_after, dump, how_made, save_png, save_text
+from .files import before_after, how_made, save_text
 from .kinds import kind_of
 from .payloads import Design, Drawn, Edit, Picture, Suggest
 
@@ -113,7 +113,7 @@ class DesignerSkill(Skill):
 def _run_design(design: Design, context: SkillContext, out: Path):
     artifacts = []
     if design.poster is not None:
-        artifacts.append(save_png(_load(context, design.poster), out / "poster.png",
+        artifacts.append(save_png(load_picture(context.get_image, design.poster), out / "poster.png",
                                   design.poster.provenance))
     note = ["# Design", "", f"**Asked:** {design.request}", "",
             "## Intent", "", design.intent or "_The model gave no intent._", "",
@@ -130,8 +130,8 @@ def _run_design(design: Design, context: SkillContext, out: Path):
 
 
 def _run_suggest(suggest: Suggest, context: SkillContext, out: Path):
-    before = _load(context, suggest.before) if suggest.before else None
-    after = _load(context, suggest.after) if suggest.after else None
+    before = load_picture(context.get_image, suggest.before) if suggest.before else None
+    after = load_picture(context.get_image, suggest.after) if suggest.after else None
     made = suggest.after.provenance if suggest.after else None
     panels = [p.image_id for p in (suggest.before, suggest.after) if p is not None]
     strip_made = made.model_copy(update={"parents": tuple(panels)}) if made else None
@@ -147,7 +147,7 @@ def _run_suggest(suggest: Suggest, context: SkillContext, out: Path):
         **suggest.model_dump(mode="json"),
         "files": {"after": "after.png" if after is not None else None,
                   "before_after": "before_after.png", "note": "suggestion.md"},
-        "before_after": {"panels": ["before", "after"], "provenance": dump(strip_made)}}))
+        "before_after": {"panels": ["before", "after"], "provenance": provenance_json(strip_made)}}))
     message = ("suggested an improvement: after.png, before_after.png, suggestion.md" if after is not None
                else "no picture came back: suggestion.md has the suggestion only")
     return message, artifacts
@@ -156,7 +156,7 @@ def _run_suggest(suggest: Suggest, context: SkillContext, out: Path):
 def _run_edit(edit: Edit, context: SkillContext, out: Path):
     artifacts = []
     if edit.edited is not None:
-        artifacts.append(save_png(_load(context, edit.edited), out / "edited.png",
+        artifacts.append(save_png(load_picture(context.get_image, edit.edited), out / "edited.png",
                                   edit.edited.provenance))
     artifacts.append(_json(out / "edit.json", {
         "skill": "designer", "action": "edit", "version": Edit.version,
@@ -208,12 +208,6 @@ def _picture(part: ImagePart) -> Picture:
     return Picture(image_id=part.image_id, width=part.width, height=part.height)
 
 
-def _load(context: SkillContext, picture: Picture) -> Image.Image:
-    image = context.get_image(picture.image_id).convert("RGB")
-    if image.size != (picture.width, picture.height):
-        raise ValueError(f"image {picture.image_id[:12]} is {image.size}, the action says "
-                         f"{(picture.width, picture.height)}")
-    return image
 
 
 def _warning_lines(warnings: tuple[str, ...]) -> list[str]:

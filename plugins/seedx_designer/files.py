@@ -8,30 +8,18 @@ as in the action's JSON, so a picture that leaves its folder still says how it w
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
-from PIL.PngImagePlugin import PngInfo
 
 from seedx_agent import Provenance, atomic_write
 
-PROVENANCE_KEY = "seedx:provenance"
 GAP, LABEL_H, MIN_PANEL_H = 6, 16, 128  # Nano pictures are small: panels are enlarged to be seen
 BACKGROUND, EMPTY, INK = (255, 255, 255), (225, 225, 225), (30, 30, 30)
 
 
-def dump(provenance: Provenance | None) -> dict | None:
-    return None if provenance is None else provenance.model_dump(mode="json")
 
 
-def save_png(image: Image.Image, path: Path, provenance: Provenance | None) -> Path:
-    info = PngInfo()
-    if provenance is not None:
-        info.add_text(PROVENANCE_KEY, json.dumps(dump(provenance), sort_keys=True))
-    with atomic_write(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
-    return path
 
 
 def save_text(text: str, path: Path) -> Path:

@@ -25,15 +25,12 @@ so. Only a turn without words to make a slide from is refused.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from seedx_agent import (Action, ActionResult, Provenance, Skill, SkillContext, SkillReply,
-                         SkillRequestError, TextPart, atomic_write, hookimpl, write_json)
+                         SkillRequestError, TextPart, hookimpl, save_png, write_json)
 
 from .deck import build_deck, save_deck
 from .geometry import DEFAULT_ASPECT, SLIDE_SIZES
@@ -43,7 +40,6 @@ from .plan import SlidePlan, plan_slide
 from .preview import draw_preview
 
 DECK_NAME, JSON_NAME = "deck.pptx", "slides.json"
-PROVENANCE_KEY = "seedx:provenance"  # PNG text chunk holding an artifact's provenance
 _ASPECT = re.compile(r"\b(16:9|4:3)\b")
 
 
@@ -109,7 +105,7 @@ class SlidesSkill(Skill):
         artifacts, records = [out / DECK_NAME], []
         for number, (plan, shapes) in enumerate(zip(plans, placed), start=1):
             made = _provenance(plan)
-            _save_png(draw_preview(plan, aspect), out / preview_name(number), made)
+            save_png(draw_preview(plan, aspect), out / preview_name(number), made)
             artifacts.append(out / preview_name(number))
             records.append(_record(number, plan, shapes, made))
         warnings = tuple(dict.fromkeys([*plans[-1].warnings, *skipped]))
@@ -155,13 +151,6 @@ def _record(number: int, plan: SlidePlan, shapes: dict, made: Provenance | None)
             "warnings": plan.warnings}
 
 
-def _save_png(image: Image.Image, path: Path, provenance: Provenance | None) -> None:
-    info = PngInfo()
-    if provenance is not None:
-        info.add_text(PROVENANCE_KEY, json.dumps(provenance.model_dump(mode="json"),
-                                                 sort_keys=True))
-    with atomic_write(path) as tmp:  # a reader never sees half a picture
-        image.save(tmp, format="PNG", pnginfo=info)
 
 
 @hookimpl

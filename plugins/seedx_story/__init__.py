@@ -28,23 +28,20 @@ placeholder, and the warnings say why.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import ClassVar
 
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, Field, ValidationError
 
 from seedx_agent import (Action, ActionResult, Provenance, Skill, SkillContext, SkillReply,
-                         SkillRequestError, TextPart, atomic_write, hookimpl, write_json)
+                         SkillRequestError, TextPart, atomic_write, hookimpl, load_picture,
+                         provenance_json, save_png, write_json)
 
 from .book import Page, storybook_html
 from .chain import story_of
 
 INSTRUCTION = "Continue the story."  # what the Nano's story adapter was taught
 BOOK_NAME, JSON_NAME = "storybook.html", "story.json"
-PROVENANCE_KEY = "seedx:provenance"  # PNG text chunk holding an artifact's provenance
 NO_PICTURE = ("the reply has no picture: the step has no next scene, and the storybook shows "
               "a placeholder")
 NO_SENTENCE = "the reply has no sentence: the storybook shows the picture alone"
@@ -140,9 +137,9 @@ class StorySkill(Skill):
         for number, step in enumerate(steps, start=1):
             picture, file = None, None
             if step.next_scene is not None:
-                picture = _load(context, step.next_scene)
+                picture = load_picture(context.get_image, step.next_scene)
                 file = step_file(number)
-                _save_png(picture, out / file, step.next_scene.provenance)
+                save_png(picture, out / file, step.next_scene.provenance)
                 artifacts.append(out / file)
             pages.append(Page(sentence=step.sentence, picture=picture, warnings=step.warnings))
             records.append({
@@ -150,12 +147,12 @@ class StorySkill(Skill):
                 "next_scene": None if step.next_scene is None else {
                     "file": file, **step.next_scene.model_dump(mode="json",
                                                                exclude={"provenance"})},
-                "provenance": _dump(step.next_scene.provenance if step.next_scene else None),
+                "provenance": provenance_json(step.next_scene.provenance if step.next_scene else None),
                 "warnings": list(step.warnings)})
         book_warnings = [f"{unreadable} earlier story action(s) of another version were left "
                          "out"] if unreadable else []
         with atomic_write(out / BOOK_NAME) as tmp:
-            Path(tmp).write_text(storybook_html(_load(context, first), pages), encoding="utf-8")
+            Path(tmp).write_text(storybook_html(load_picture(context.get_image, first), pages), encoding="utf-8")
         artifacts.append(out / BOOK_NAME)
         write_json(out / JSON_NAME, {
             "skill": self.name, "action": action.action, "version": action.version,
@@ -170,24 +167,10 @@ class StorySkill(Skill):
                             warnings=this.warnings + tuple(book_warnings))
 
 
-def _load(context: SkillContext, picture: Picture) -> Image.Image:
-    image = context.get_image(picture.image_id).convert("RGB")
-    if image.size != (picture.width, picture.height):
-        raise ValueError(f"image {picture.image_id[:12]} is {image.size}, the action says "
-                         f"{(picture.width, picture.height)}")
-    return image
 
 
-def _dump(provenance: Provenance | None) -> dict | None:
-    return None if provenance is None else provenance.model_dump(mode="json")
 
 
-def _save_png(image: Image.Image, path: Path, provenance: Provenance | None) -> None:
-    info = PngInfo()
-    if provenance is not None:
-        info.add_text(PROVENANCE_KEY, json.dumps(_dump(provenance), sort_keys=True))
-    with atomic_write(path) as tmp:  # a reader never sees half a picture
-        image.save(tmp, format="PNG", pnginfo=info)
 
 
 @hookimpl

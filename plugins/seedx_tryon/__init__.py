@@ -30,17 +30,15 @@ failure of the turn: the action still runs, writes a strip with an empty result 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import ClassVar
 
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from pydantic import BaseModel, Field
 
 from seedx_agent import (Action, ActionResult, Provenance, Skill, SkillContext, SkillReply,
-                         SkillRequestError, TextPart, atomic_write, hookimpl, write_json)
+                         SkillRequestError, TextPart, hookimpl, load_picture, provenance_json,
+                         save_png, write_json)
 
 from .pictures import colour_count, strip
 
@@ -48,7 +46,6 @@ log = logging.getLogger(__name__)
 
 INSTRUCTION = "Put this garment on the person."  # what the Nano's try-on adapter was taught
 RESULT_NAME, STRIP_NAME, JSON_NAME = "result.png", "strip.png", "tryon.json"
-PROVENANCE_KEY = "seedx:provenance"  # PNG text chunk holding an artifact's provenance
 
 
 class Picture(BaseModel):
@@ -140,26 +137,26 @@ class TryOnSkill(Skill):
     def run(self, action: Action, context: SkillContext) -> ActionResult:
         dress: Dress = self.parse_payload(action)
         out = Path(context.artifact_dir)
-        person = _load(context, dress.person)
-        garment = _load(context, dress.garment)
-        result = _load(context, dress.result) if dress.result is not None else None
+        person = load_picture(context.get_image, dress.person)
+        garment = load_picture(context.get_image, dress.garment)
+        result = load_picture(context.get_image, dress.result) if dress.result is not None else None
         made = dress.result.provenance if dress.result is not None else None
         artifacts, record = [], {}
         if result is not None:
-            _save_png(result, out / RESULT_NAME, made)
+            save_png(result, out / RESULT_NAME, made)
             artifacts.append(out / RESULT_NAME)
             record[RESULT_NAME] = {"image_id": dress.result.image_id,
-                                   "provenance": _dump(made)}
+                                   "provenance": provenance_json(made)}
         # the strip shows the result's pixels next to its inputs: the result's provenance, with
         # all three panels as parents
         panels = [dress.person.image_id, dress.garment.image_id] + (
             [dress.result.image_id] if result is not None else [])
         strip_made = made.model_copy(update={"parents": tuple(panels)}) if made else None
-        _save_png(strip([(person, "person"), (garment, "garment"), (result, "result")]),
+        save_png(strip([(person, "person"), (garment, "garment"), (result, "result")]),
                   out / STRIP_NAME, strip_made)
         artifacts.append(out / STRIP_NAME)
         record[STRIP_NAME] = {"panels": ["person", "garment", "result"],
-                              "provenance": _dump(strip_made)}
+                              "provenance": provenance_json(strip_made)}
         write_json(out / JSON_NAME, {
             "skill": self.name, "action": action.action, "version": action.version,
             "person": dress.person.model_dump(mode="json"),
@@ -179,24 +176,10 @@ def _is_input(part) -> bool:
     return getattr(part, "role", None) == "input"
 
 
-def _load(context: SkillContext, picture: Picture) -> Image.Image:
-    image = context.get_image(picture.image_id).convert("RGB")
-    if image.size != (picture.width, picture.height):
-        raise ValueError(f"image {picture.image_id[:12]} is {image.size}, the action says "
-                         f"{(picture.width, picture.height)}")
-    return image
 
 
-def _dump(provenance: Provenance | None) -> dict | None:
-    return None if provenance is None else provenance.model_dump(mode="json")
 
 
-def _save_png(image: Image.Image, path: Path, provenance: Provenance | None) -> None:
-    info = PngInfo()
-    if provenance is not None:
-        info.add_text(PROVENANCE_KEY, json.dumps(_dump(provenance), sort_keys=True))
-    with atomic_write(path) as tmp:  # a reader never sees half a picture
-        image.save(tmp, format="PNG", pnginfo=info)
 
 
 @hookimpl

@@ -35,8 +35,11 @@ def parse_grids(resolution_grids: list[str], base_resolution: int) -> list[tuple
     """
     pinpoints = []
     for grid in resolution_grids:
+        if not isinstance(grid, str):   # a config file can hold anything
+            raise ValueError(f"resolution grid {grid!r} is not a string of the form 'COLSxROWS'")
         cols, sep, rows = grid.lower().partition("x")
-        if not sep or not cols.isdigit() or not rows.isdigit() or int(cols) < 1 or int(rows) < 1:
+        # isdecimal, not isdigit: "²" is a digit that int() refuses
+        if not sep or not cols.isdecimal() or not rows.isdecimal() or int(cols) < 1 or int(rows) < 1:
             raise ValueError(f"resolution grid {grid!r} is not of the form 'COLSxROWS', e.g. '2x1'")
         pinpoints.append((int(cols) * base_resolution, int(rows) * base_resolution))
     if not pinpoints:

@@ -14,6 +14,10 @@ portraits sideways) and the colours are flattened to 8-bit RGB, which is what th
 
 The model's own any-res tiling (``any_res.py``) accepts any size, e.g. 1x1000, as upstream does;
 the aspect-ratio limit here is a product policy for untrusted input and is configurable.
+
+An animated picture file (GIF, APNG, animated WebP) is read as its **first frame**, which is
+what a viewer shows before it plays and what a thumbnail is made of; SEED-X reads still
+pictures, and guessing some other frame would make the answer depend on the file's timing.
 """
 
 from __future__ import annotations
@@ -174,7 +178,8 @@ def load_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
     """Any path / bytes / binary file / PIL image -> a fully decoded, upright, 8-bit RGB image.
 
     Raises ``ImageInputError`` for every kind of bad input. ``None`` disables a limit; Pillow's
-    own decompression-bomb guard (about 179 Mpx) still applies to encoded data.
+    own decompression-bomb guard (about 179 Mpx) still applies to encoded data. An animated file
+    gives its first frame (a PIL image, the frame it is on).
     """
     if isinstance(source, Image.Image):
         image, where = source, "image"

@@ -5,6 +5,9 @@ Each skill that writes pictures needs the same three things: the provenance in a
 and parents made it), an atomic write (a reader or a crash never sees half a file), and a check
 that the pixels it reads are the picture its action names. They live here, in the public API,
 so a third-party skill writes artifacts exactly as the built-in ones do.
+
+The host, in turn, keeps a skill to its own folder (`reported_artifacts`): a turn lists only
+files under the skill's artifact directory, so a transcript never points at a file elsewhere.
 """
 
 from __future__ import annotations
@@ -37,6 +40,33 @@ def save_png(image: Image.Image, path: Path, provenance: Provenance | None = Non
     with atomic_write(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=info)
     return path
+
+
+def reported_artifacts(paths: Any, artifact_dir: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The files a skill reported, as ``(kept, refused)``.
+
+    ``kept``: the resolved absolute paths, each once, of the files (or folders) that exist under
+    ``artifact_dir`` (a relative path counts from there). ``refused``: the paths, as reported,
+    that lead outside it, by ``..``, by being absolute elsewhere or through a symlink, or that no
+    file system can name (a NUL byte). Skills write only under their artifact directory; a path
+    elsewhere is a bug, or a skill trying to make the turn claim someone else's file, and the
+    host reports it instead of listing it. A reported path that does not exist is neither.
+    """
+    root = Path(artifact_dir).resolve()
+    kept: list[str] = []
+    refused: list[str] = []
+    for reported in paths:
+        try:
+            path = Path(reported)
+            resolved = (path if path.is_absolute() else root / path).resolve()
+        except (TypeError, ValueError, OSError, RuntimeError):  # NUL bytes, loops, not a path
+            refused.append(str(reported))
+            continue
+        if not resolved.is_relative_to(root):
+            refused.append(str(reported))
+        elif resolved.exists() and str(resolved) not in kept:
+            kept.append(str(resolved))
+    return tuple(kept), tuple(refused)
 
 
 def read_provenance(path: Path) -> Provenance | None:

@@ -42,6 +42,7 @@ from typing import Annotated, Callable, Iterable, Literal, Protocol, Sequence, U
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core_models.boxes import LOC_BINS
 from seedx_agent.types import (
     SCHEMA_VERSION, BoxFound, BoxPart, ImageStarted, TextDelta, TextPart, _Value,
 )
@@ -307,6 +308,13 @@ class ReplyParser:
         if reason is None:
             reason = "eos" if self._eos_seen else "max_new_tokens"
         self._flush_streak()
+        # The caller knows why decoding stopped and its reason is kept; a reason the ids
+        # contradict points at a bookkeeping bug upstream, so it is reported, not corrected.
+        if reason == "eos" and not self._eos_seen:
+            self._warn("finished as 'eos' but no </s> was fed")
+        elif reason == "max_new_tokens" and self._eos_seen:
+            self._warn(f"finished as 'max_new_tokens' but </s> was fed at token "
+                       f"{self._pos - self._after_eos}")
         why = "at </s>" if self._eos_seen else f"when the reply ended ({reason})"
         if self._mode == _BOX:
             self._abandon_box(f"not closed {why}")
@@ -467,9 +475,19 @@ class ReplyParser:
         if len(locs) < 4:
             self._warn(f"dropped {where}: {len(locs)} <loc-…> token(s) {locs}, needs 4")
             return
+        # A tokenizer may define more <loc-k> than the bins SEED-X measures boxes in; such a
+        # box has no meaning on any picture, and BoxPart would refuse it.
+        beyond = [b for b in locs[:4] if b >= LOC_BINS]
+        if beyond:
+            self._warn(f"dropped {where}: <loc-{beyond[0]}> is beyond the {LOC_BINS} bins boxes "
+                       f"are measured in, <loc-…> bins {locs}")
+            return
         if len(locs) > 4:
             self._warn(f"{where} has {len(locs)} <loc-…> tokens {locs}; kept the first 4",
                        self._box_warnings)
+        empty = [side for side, b in (("width", locs[2]), ("height", locs[3])) if b == 0]
+        if empty:  # kept, as the model said it, but no picture region can be cut from it
+            self._warn(f"{where} has no area ({' and '.join(empty)} bin 0)", self._box_warnings)
         box = BoxPart(bins=tuple(locs[:4]), phrase=self._box_phrase,
                       warnings=tuple(self._box_warnings))
         self._add_part(box)

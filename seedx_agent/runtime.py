@@ -86,6 +86,9 @@ class Runtime:
         self._agents: OrderedDict[str, Any] = OrderedDict({stack.variant: stack.agent})
         self._vit_cache: OrderedDict[tuple, EncodedImage] = OrderedDict()
         self._vit_cache_size = vit_cache_size
+        # the cache is read and written by every session's thread, and the ViT may sit on a
+        # device whose lock is not the one the caller holds (split placements)
+        self._vit_cache_guard = threading.Lock()
         self._locks: dict[str, FifoLock] = {}
         self._locks_guard = threading.Lock()
         self._skill_host = skill_host
@@ -205,11 +208,14 @@ class Runtime:
 
     @property
     def skill_host(self) -> "SkillHost":
-        if self._skill_host is None:
-            from .plugins import pm
-            from .skill_host import SkillHost
-            self._skill_host = SkillHost(pm)
-        return self._skill_host
+        # built on first use; sessions on several threads must share one host, not each build
+        # their own (every plugin's skills registered twice over, their state split)
+        with self._locks_guard:
+            if self._skill_host is None:
+                from .plugins import pm
+                from .skill_host import SkillHost
+                self._skill_host = SkillHost(pm)
+            return self._skill_host
 
     # --- shared model access --------------------------------------------------------------------
     @property
@@ -289,19 +295,27 @@ class Runtime:
         vit = self.stack.vit
         param = next(vit.parameters())
         key = (image_id, tuple(grids), self.config.base_resolution, id(vit), str(param.dtype))
-        cached = self._vit_cache.get(key)
-        if cached is not None:
-            self._vit_cache.move_to_end(key)
-            return cached
+        with self._vit_cache_guard:
+            cached = self._vit_cache.get(key)
+            if cached is not None:
+                self._vit_cache.move_to_end(key)
+                return cached
         views = process_anyres_image(image, list(grids), self.config.base_resolution)
         with torch.no_grad():
             features = vit(views.pixel_values.to(device=param.device, dtype=param.dtype))
         encoded = EncodedImage(features=features, patch_positions=views.patch_positions,
                                grid=tuple(views.grid), num_views=views.num_views)
-        self._vit_cache[key] = encoded
-        while len(self._vit_cache) > self._vit_cache_size:
-            self._vit_cache.popitem(last=False)
+        with self._vit_cache_guard:
+            self._vit_cache[key] = encoded
+            while len(self._vit_cache) > self._vit_cache_size:
+                self._vit_cache.popitem(last=False)
         return encoded
+
+    def clear_vit_cache(self) -> None:
+        """Forget every cached ViT feature (memory back; the next turns encode their images
+        afresh)."""
+        with self._vit_cache_guard:
+            self._vit_cache.clear()
 
     def render(self, features: "torch.Tensor", *, stage: int, options: TurnOptions,
                source: "Image.Image | None" = None,

@@ -16,9 +16,13 @@ One turn, top to bottom (``Session.turn``):
    boxes on the right image, let the skills turn the parts into actions and run them;
 5. store the turn (when a store is attached) and emit ``TurnDone``.
 
-A turn that fails (a bad image, an unknown skill or variant, the model raising) ends with an
-``ErrorEvent`` and a ``TurnDone`` whose ``errors`` say why; it is recorded in ``history`` and in
-the store with ``status="failed"``, and never sent to the model again.
+A turn that fails (a bad image, an empty turn, an unknown skill or variant, the model raising,
+a picture the store cannot save) ends with an ``ErrorEvent`` and a ``TurnDone`` whose ``errors``
+say why; it is recorded in ``history`` and in the store with ``status="failed"``, and never sent
+to the model again. A turn the store cannot save (a full disk, a locked database) still counts:
+it is reported with an ``ErrorEvent`` (source ``store``) and saved with the next turn that can
+be. An earlier turn whose picture has gone from the store leaves the model's context, with a
+``Notice``, instead of breaking every later turn.
 
 What a turn may set is one `TurnOptions` (``seed``, ``num_inference_steps``, ``guidance_scale``,
 ``edit``, ``skill``, …), given as keywords or as ``options=``; unset rendering values come from
@@ -45,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
+from .context_window import ContextWindow, with_images
+from .pause_points import pause_point
 from .reply_parser import ImageSlot, ParsedReply, ReplyParser
 from .steps import run_steps
 from .streaming import Cancelled, streamed
@@ -68,7 +74,7 @@ class TurnFailed(Exception):
         self.source = source
 
 
-class Session:
+class Session(ContextWindow):
     """One conversation. Create it with ``Runtime.open_session`` (``runtime`` is the
     `seedx_agent.runtime.Runtime` it runs on; the session only uses its public methods).
 
@@ -94,6 +100,7 @@ class Session:
         self._kv_turns: dict[str, list[int]] = {}  # variant -> history indices it covers
         self._kv_adapter: dict[str, str | None] = {}  # variant -> adapter its cache was made with
         self._context_start = 0                 # first turn still in the model's context
+        self._unreadable: set[int] = set()      # turns whose pictures the store lost
         self._unsaved: list[TurnRecord] = []      # turns a failed store write left behind
         if session_id is not None:
             if store is None:
@@ -223,6 +230,10 @@ class Session:
         try:
             work.inputs = self._load_inputs(sources)
             skill = self._skill(opts)
+            if not text.strip() and not work.inputs and skill is None and not opts.force_image:
+                # nothing for the model to answer: its reply would be noise, not an answer
+                raise TurnFailed("input", "an empty turn: no text and no image; say something, "
+                                          "give an image, name a skill or set force_image")
             try:  # the model reads the images in the order the skill's roles say
                 work.inputs = list(arrange_images(tuple(work.inputs), opts.image_roles, skill))
             except SkillRequestError as exc:  # the pictures do not fit the roles: the input's
@@ -251,6 +262,7 @@ class Session:
     def _load_inputs(self, sources: list[Any]) -> list[ImagePart]:
         from core_models.image_io import ImageInputError, content_hash, load_image
 
+        from .store import StoreError
         from .versions import lookup, version_number
 
         parts = []
@@ -260,7 +272,7 @@ class Session:
                 try:
                     part = lookup(self.versions(), number).image if number is not None else source
                     image = self.get_image(part.image_id)
-                except (LookupError, KeyError) as exc:
+                except (LookupError, KeyError, StoreError) as exc:
                     raise TurnFailed("input", f"image {i + 1}: {exc.args[0]}") from None
                 parts.append(ImagePart(image_id=part.image_id, width=image.width,
                                        height=image.height, provenance=part.provenance))
@@ -269,7 +281,11 @@ class Session:
                 image = load_image(source)
             except ImageInputError as exc:
                 raise TurnFailed("input", f"image {i + 1}: {exc}") from None
-            image_id = self.store.put_image(image) if self.store is not None else content_hash(image)
+            try:
+                image_id = (self.store.put_image(image) if self.store is not None
+                            else content_hash(image))
+            except StoreError as exc:  # the turn could not be saved with it: not run at all
+                raise TurnFailed("store", f"image {i + 1} could not be saved: {exc}") from None
             self._images[image_id] = image
             parts.append(ImagePart(image_id=image_id, width=image.width, height=image.height))
         return parts
@@ -295,19 +311,26 @@ class Session:
 
     def _run(self, work: "_Work", variant, skill) -> Iterator[Event]:
         from .skills import SkillContext, SkillReply, SkillRequest, SkillRequestError
-        from .store import ModelContext, TurnRecord
+        from .store import ModelContext, StoreError, TurnRecord
 
         opts, inputs = work.options, work.inputs
         edit = bool(opts.edit or variant.single_image_edit)
         for_skill_only = skill is not None and not skill.model_reads_images and not edit
         attached = [] if for_skill_only else list(inputs)
         latest = None if for_skill_only else self.working_image()
+        lost = self._unreadable_image(latest) if latest is not None and not attached else None
         if edit and not attached:
             if latest is None:
                 raise TurnFailed("input", "nothing to edit: give an image or generate one first")
+            if lost is not None:
+                raise TurnFailed("input", f"nothing to edit: the latest picture is gone: {lost}")
             attached = [latest]
         elif not attached and not opts.force_image and latest is not None and latest.role != "input":
-            if opts.about_image is not False:
+            if lost is not None:  # answered without it rather than not at all
+                notice = Notice(message=f"the latest picture is not shown to the model: {lost}")
+                work.notices.append(notice)
+                yield notice
+            elif opts.about_image is not False:
                 attached = [latest]  # the model cannot read back its own <img> run
         if edit and len(attached) != 1:
             raise TurnFailed("input", f"an edit turn takes exactly one image, got {len(attached)}")
@@ -315,10 +338,13 @@ class Session:
 
         request = SkillRequest(text=work.text, images=tuple(inputs if for_skill_only else attached),
                                skill=opts.skill)
-        host, default_skill = self.runtime.skill_host, self.record.default_skill
+        default_skill = self.record.default_skill
+        host, no_skills = self._skill_host(needed=bool(request.skill or default_skill))
         try:
-            host.check_request(request, self.get_image, default_skill=default_skill)
-            instruction = host.build_prompt(request, default_skill=default_skill)
+            if host is not None:
+                host.check_request(request, self.get_image, default_skill=default_skill)
+            instruction = host.build_prompt(request, default_skill=default_skill) \
+                if host is not None else request.text
         except SkillRequestError as exc:  # the skill refuses: its words, before any picture
             raise TurnFailed(f"skill:{request.skill or default_skill}", str(exc)) from None
         except Exception as exc:
@@ -336,6 +362,8 @@ class Session:
             cancelled = True
         except TurnFailed:
             raise
+        except StoreError as exc:  # a drawn picture could not be saved: rolled back like a failure
+            raise TurnFailed("store", str(exc)) from None
         except Exception as exc:  # the model or the de-tokenizer failed: roll back, report
             logger.exception("turn %d failed", work.index)
             raise TurnFailed("model", f"{type(exc).__name__}: {exc}") from None
@@ -362,12 +390,15 @@ class Session:
                 yield notice
 
         actions: list = []
-        if not cancelled and parsed is not None:
+        if not cancelled and parsed is not None and no_skills is not None:
+            work.errors.append(no_skills)
+            yield no_skills
+        elif not cancelled and parsed is not None:
             context = SkillContext(artifact_dir=self._artifacts(work.index), get_image=self.get_image,
                                    earlier_actions=tuple(a for t in self.history if t.status == "done"
                                                          for a in t.actions))
-            for event in self.runtime.skill_host.dispatch(SkillReply(request=request, parts=tuple(parts)),
-                                                          context, default_skill=self.record.default_skill):
+            for event in host.dispatch(SkillReply(request=request, parts=tuple(parts)),
+                                       context, default_skill=self.record.default_skill):
                 if isinstance(event, ErrorEvent):
                     work.errors.append(event)
                 elif isinstance(event, ActionEvent):
@@ -412,28 +443,55 @@ class Session:
 
     def _record(self, record: "TurnRecord", work: "_Work") -> Iterator[Event]:
         self.history.append(record)
-        if self.store is not None:
-            error = self._save(record)
-            if error is not None:  # the turn still counts in memory; saving is retried next turn
-                work.errors.append(error)
-                yield error
+        for error in self._save(record) if self.store is not None else ():
+            # the turn still counts in memory; saving is retried after the next turn
+            work.errors.append(error)
+            yield error
 
-    def _save(self, record: "TurnRecord") -> ErrorEvent | None:
-        """Append ``record`` and any earlier turn a failed save left behind, in order."""
+    def _save(self, record: "TurnRecord") -> list[ErrorEvent]:
+        """Append ``record`` and any earlier turn a failed save left behind, in order; what
+        went wrong, as error events."""
         from .plugins import pm
         from .store import StoreError
 
         self._unsaved.append(record)
+        errors = []
         while self._unsaved:
             turn = self._unsaved[0]
             try:
                 stored = self.store.append_turn(turn)
             except StoreError as exc:
-                return ErrorEvent(source="store", message=f"turn {turn.index} is not saved yet "
-                                                          f"(retried after the next turn): {exc}")
+                errors.append(ErrorEvent(source="store", message=(
+                    f"turn {turn.index} is not saved yet (retried after the next turn): {exc}")))
+                break
             self._unsaved.pop(0)
             self.history[turn.index] = stored
-            pm.hook.turn_done(session=self.record, turn=stored)
+            try:  # a plugin's bug must not undo a saved turn or end the session
+                pm.hook.turn_done(session=self.record, turn=stored)
+            except Exception as exc:
+                logger.exception("a turn_done hook failed on turn %d", turn.index)
+                errors.append(ErrorEvent(source="plugins", message=(
+                    f"a turn_done hook failed on turn {turn.index} (the turn is saved): {exc!r}")))
+        return errors
+
+    def _skill_host(self, *, needed: bool) -> tuple[Any, ErrorEvent | None]:
+        """The runtime's skill host, or (when a plugin broke while registering its skills and
+        the turn names no skill) None and the error to report in place of the skills' work."""
+        try:
+            return self.runtime.skill_host, None
+        except Exception as exc:
+            if needed:
+                raise TurnFailed("skills", str(exc)) from None
+            return None, ErrorEvent(source="skills", message=f"no skill ran: {exc}")
+
+    def _unreadable_image(self, part: ImagePart) -> str | None:
+        """Why the store cannot give back ``part``'s picture, or None when it can."""
+        from .store import StoreError
+
+        try:
+            self.get_image(part.image_id)
+        except (KeyError, StoreError) as exc:
+            return str(exc.args[0] if exc.args else exc)
         return None
 
     # --- the model's side of a turn -----------------------------------------------------------
@@ -446,6 +504,8 @@ class Session:
             multi = variant.template.multi_turn
             encoded = [rt.encode_image(self.get_image(p.image_id), p.image_id, variant.resolution_grids)
                        for p in images]
+            if multi:
+                yield from self._drop_unreadable_turns()
             budget = self._token_budget(agent)
             text = self._instruction(variant, instruction, encoded)
             alone = 1 + len(tok.encode(variant.template.render(text, True)))
@@ -504,6 +564,7 @@ class Session:
         for event in kv.stream(max_new, num_img_gen_tokens=rt.config.num_img_tokens,
                                force_image=work.options.force_image, cancel=work.cancel):
             if event.token_id is not None:
+                pause_point("decoding")
                 yield from parser.feed(event.token_id)
             if event.result is not None:
                 result = event.result
@@ -564,81 +625,8 @@ class Session:
         return parts
 
     def _instruction(self, variant, text: str, encoded: list) -> str:
-        return _with_images(text, encoded, self.runtime.config.num_img_tokens,
+        return with_images(text, encoded, self.runtime.config.num_img_tokens,
                             variant.template.image_first)
-
-    def _embed(self, agent, ids: list[int], encoded: list):
-        """Token ids as a tensor, and their embeddings with the images spliced in (or None)."""
-        import torch
-
-        tok = self.runtime.tokenizer
-        device = agent.llm.get_input_embeddings().weight.device
-        input_ids = torch.tensor([ids], device=device)
-        if not encoded:
-            return input_ids, None
-        mask = agent.build_ids_cmp_mask(input_ids, tok.boi_token_id, tok.eoi_token_id,
-                                        tok.bop_token_id, tok.eop_token_id)
-        with torch.no_grad():
-            embeds = agent.embed_inputs(input_ids, torch.cat([e.features for e in encoded]),
-                                        torch.cat([e.patch_positions for e in encoded]).to(device),
-                                        ids_cmp_mask=mask)
-        return input_ids, embeds
-
-    def _token_budget(self, agent) -> int:
-        cfg = agent.llm.config
-        budget = cfg.max_position_embeddings
-        if self.cache_memory_limit is not None:
-            param = next(agent.parameters())
-            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            per_token = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim
-                         + cfg.hidden_size) * param.element_size()
-            budget = min(budget, self.cache_memory_limit // per_token)
-        return budget
-
-    def _context_turns(self) -> list[int]:
-        return [i for i, t in enumerate(self.history) if i >= self._context_start
-                and t.context is not None and t.context.in_context]
-
-    def _evict_oldest(self) -> int:
-        turns = self._context_turns()
-        dropped = turns[0]
-        self._context_start = dropped + 1
-        return dropped
-
-    def _kv_session(self, variant, agent, *, fresh: bool):
-        """The KV cache of ``variant``, holding exactly the turns in context (rebuilt if not)."""
-        if fresh:  # a single-turn variant: every turn is a new conversation
-            return self.runtime.new_generation(agent)
-        wanted = self._context_turns()
-        kv = self._kv.get(variant.name)
-        adapter = self.runtime.active_adapter(agent)
-        # reused only if it is on the agent now resident: after a residency swap it points at an
-        # unloaded copy (decoding there would also keep that copy alive), so it is rebuilt; and
-        # only if it was made with the adapter active now (adapter variants share one agent)
-        if (self.keep_cache and kv is not None and self._kv_turns.get(variant.name) == wanted
-                and getattr(kv, "model", agent) is agent
-                and self._kv_adapter.get(variant.name) == adapter):
-            return kv
-        kv = self.runtime.new_generation(agent)
-        self._replay(kv, agent, variant, wanted)
-        self._kv[variant.name] = kv
-        self._kv_turns[variant.name] = wanted
-        self._kv_adapter[variant.name] = adapter
-        return kv
-
-    def _replay(self, kv, agent, variant, turns: list[int]) -> None:
-        """Prefill finished turns (prompt + reply without EOS), exactly as they were written."""
-        rt = self.runtime
-        tok = rt.tokenizer
-        for n, i in enumerate(turns):
-            ctx = self.history[i].context
-            encoded = [rt.encode_image(self.get_image(im), im, ctx.grids) for im in ctx.image_ids]
-            text = _with_images(ctx.instruction, encoded, rt.config.num_img_tokens, ctx.image_first)
-            ids = ([tok.bos_token_id] if n == 0 else []) + tok.encode(variant.template.render(text, n == 0))
-            input_ids, embeds = self._embed(agent, ids, encoded)
-            kv.prefill(input_ids, embeds)
-            if ctx.reply_ids:
-                kv.prefill(list(ctx.reply_ids))
 
     def _artifacts(self, index: int) -> Path:
         return self.artifact_dir / f"turn-{index:03d}"
@@ -670,14 +658,6 @@ class _Work:
         return TurnRequest(text=self.text, image_ids=tuple(p.image_id for p in self.inputs),
                            skill=o.skill, force_image=o.force_image, edit=edit, variant=variant,
                            options=o.model_dump(exclude_defaults=True))
-
-
-def _with_images(text: str, encoded: list, num_img_tokens: int, image_first: bool) -> str:
-    """The instruction: each image's block of placeholder tokens before (or after) the text."""
-    from core_models.any_res import image_token_block
-
-    blocks = "".join(image_token_block(e.num_views, num_img_tokens) for e in encoded)
-    return blocks + text if image_first else text + blocks
 
 
 def _same_aspect(size: tuple[int, int], long_side: int) -> tuple[int, int]:

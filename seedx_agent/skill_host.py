@@ -10,11 +10,18 @@ returns each become one ``ErrorEvent`` and the other skills still run. A skill's
 (``to_actions`` and every ``run``) happens on its own daemon thread and the host stops waiting
 after ``deadline_s``. Python cannot kill a thread: an overrunning skill is *abandoned*, not
 stopped. It keeps running in the background until it returns or the process exits, and whatever
-it produces after the deadline is dropped, never attached to a later turn. Being a daemon
-thread, it does not keep the process alive.
+it produces after the deadline is dropped, never attached to a later turn: its events go to a
+queue only that turn read, and when it does finish, the host logs (at warning level, on the
+skill's logger) what it discarded. Being a daemon thread, it does not keep the process alive.
+
+Registration is strict instead: a plugin whose ``register_skills`` raises, a bad declaration and
+two skills under one name are each a `SkillRegistrationError` naming the plugin or the skill
+classes, raised when the host is built, because guessing which skills a broken install meant to
+offer would make the agent's behaviour depend on it.
 
 Each action that ran is reported as an ``ActionEvent`` carrying the skill's one-line summary and
-the absolute paths of the files it wrote (only files that exist).
+the absolute paths of the files it wrote under its artifact directory (only files that
+exist; a path it reports elsewhere is left out with an error event).
 """
 
 from __future__ import annotations
@@ -23,11 +30,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
+from seedx_agent.artifacts import reported_artifacts
 from seedx_agent.skills import (ActionResult, Skill, SkillContext, SkillError,
                                 SkillRegistrationError, SkillReply, SkillRequest,
                                 SkillRequestError, declaration_problems, payload_version)
@@ -55,7 +62,15 @@ class SkillHost:
             from seedx_agent.plugins import pm
         self.pm = pm
         self._skills: dict[str, Skill] = {}
-        pm.hook.register_skills(register=self.register)
+        try:
+            pm.hook.register_skills(register=self.register)
+        except SkillRegistrationError:
+            raise
+        except Exception as exc:
+            plugin = _raising_plugin(pm, exc)
+            raise SkillRegistrationError(
+                f"plugin {plugin!r} failed while registering its skills: {exc!r}; fix or "
+                "uninstall it, or leave it out with SEEDX_LOAD_PLUGINS") from exc
 
     def __repr__(self) -> str:
         return f"<SkillHost skills={list(self.skills)}>"
@@ -189,13 +204,39 @@ class SkillHost:
                 events.put(_DONE)
 
         deadline = time.monotonic() + skill.deadline_s
-        threading.Thread(target=work, name=f"seedx-skill-{skill.name}", daemon=True).start()
+        # whichever of the worker finishing and the host giving up comes second reports what
+        # the worker produced after the deadline (nobody reads ``events`` any more by then)
+        state = {"finished": False, "abandoned": False}
+        state_lock = threading.Lock()
+
+        def report_late() -> None:
+            late = [item for item in _drain(events) if item is not _DONE]
+            skill_context.logger.warning(
+                "finished %.1f s after its %gs deadline; discarded what it produced late "
+                "(never attached to a later turn): %s", time.monotonic() - deadline,
+                skill.deadline_s, "; ".join(_describe(e) for e, _ in late) or "nothing")
+
+        def work_then_report() -> None:
+            work()
+            with state_lock:
+                state["finished"] = True
+                late = state["abandoned"]
+            if late:
+                report_late()
+
+        threading.Thread(target=work_then_report, name=f"seedx-skill-{skill.name}",
+                         daemon=True).start()
         while True:
             try:
                 # timeout 0 still returns what is already queued, so a slow consumer of these
                 # events does not turn a skill that finished in time into a late one
                 item = events.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
+                with state_lock:
+                    state["abandoned"] = True
+                    finished = state["finished"]
+                if finished:  # it finished between the deadline and this look
+                    report_late()
                 skill_context.logger.error("abandoned after its %gs deadline", skill.deadline_s)
                 yield ErrorEvent(source=source, message=(
                     f"did not finish within its deadline of {skill.deadline_s:g} s and was "
@@ -245,8 +286,11 @@ class SkillHost:
                 continue
             for warning in result.warnings:
                 context.logger.warning("%s: %s", action.action, warning)
-            yield (ActionEvent(action=action, summary=result.message,
-                               artifacts=_existing(result.artifacts, context.artifact_dir)),
+            kept, refused = reported_artifacts(result.artifacts, context.artifact_dir)
+            if refused:
+                yield error(f"run({action.action!r}) reported files outside its artifact "
+                            f"directory {context.artifact_dir}, left out: {list(refused)}")
+            yield (ActionEvent(action=action, summary=result.message, artifacts=kept),
                    result.model_copy(update={"action": action}))
 
     @staticmethod
@@ -272,12 +316,30 @@ class SkillHost:
                       payload=payload.model_dump(mode="json"))
 
 
-def _existing(paths: tuple[Path, ...], base: Path) -> tuple[str, ...]:
-    """The absolute paths (relative ones are under ``base``) of the files that exist."""
-    out = []
-    for path in paths:
-        path = Path(path)
-        path = (path if path.is_absolute() else Path(base) / path).resolve()
-        if path.exists() and str(path) not in out:
-            out.append(str(path))
-    return tuple(out)
+def _raising_plugin(pm: pluggy.PluginManager, exc: BaseException) -> str:
+    """The name of the plugin whose ``register_skills`` raised ``exc`` (from its traceback)."""
+    codes = {}
+    for impl in pm.hook.register_skills.get_hookimpls():
+        function = getattr(impl.function, "__func__", impl.function)
+        codes[getattr(function, "__code__", None)] = impl.plugin_name
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return codes[tb.tb_frame.f_code]
+        tb = tb.tb_next
+    return "unknown"
+
+
+def _drain(events: queue.SimpleQueue) -> list[Any]:
+    items = []
+    while True:
+        try:
+            items.append(events.get_nowait())
+        except queue.Empty:
+            return items
+
+
+def _describe(event: ActionEvent | ErrorEvent) -> str:
+    if isinstance(event, ActionEvent):
+        return f"action {event.action.action!r} ({event.summary or 'no summary'})"
+    return f"error: {event.message}"

@@ -43,7 +43,7 @@ __all__ = ["PART_TYPES", "ActionResult", "Skill", "SkillContext", "SkillError",
 PART_TYPES = frozenset({"text", "box", "image"})
 """The part types a skill can declare in ``consumes`` (the ``type`` of each part in types.py)."""
 
-_SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # names become directory names and CLI arguments
+_SKILL_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")  # names become directory names and CLI arguments
 
 
 class SkillError(RuntimeError):
@@ -260,7 +260,7 @@ def declaration_problems(skill: Any) -> list[str]:
     if not isinstance(skill, Skill):
         return [f"expected a seedx_agent.skills.Skill instance, got {type(skill).__name__}"]
     problems = []
-    if not isinstance(skill.name, str) or not _SKILL_NAME.match(skill.name):
+    if not isinstance(skill.name, str) or not _SKILL_NAME.fullmatch(skill.name):
         problems.append(f"name must match {_SKILL_NAME.pattern}, got {skill.name!r}")
     if not isinstance(skill.description, str):
         problems.append("description must be a str")
@@ -272,11 +272,11 @@ def declaration_problems(skill: Any) -> list[str]:
         problems.append(f"preferred_variant must be None or a variant name, "
                         f"got {skill.preferred_variant!r}")
     if skill.variant_role is not None and not (isinstance(skill.variant_role, str)
-                                               and _SKILL_NAME.match(skill.variant_role)):
+                                               and _SKILL_NAME.fullmatch(skill.variant_role)):
         problems.append(f"variant_role must be None or a role name matching "
                         f"{_SKILL_NAME.pattern}, got {skill.variant_role!r}")
     roles = skill.image_roles
-    if not (isinstance(roles, tuple) and all(isinstance(r, str) and _SKILL_NAME.match(r)
+    if not (isinstance(roles, tuple) and all(isinstance(r, str) and _SKILL_NAME.fullmatch(r)
                                              for r in roles) and len(set(roles)) == len(roles)):
         problems.append(f"image_roles must be a tuple of distinct names matching "
                         f"{_SKILL_NAME.pattern}, got {roles!r}")

@@ -13,6 +13,12 @@ missing or half-written picture. The database itself runs in WAL mode with ``syn
 and every write is one ``BEGIN IMMEDIATE`` transaction, so a turn is either fully there or not
 at all, and two writers (threads or processes) cannot both claim the same turn index.
 
+What the disk or SQLite refuses is a `StoreError` that names the file and the reason, never a
+bare ``sqlite3`` or ``OSError``: a full disk, a write the file system refuses (read-only, no
+permission), a database another connection holds locked past ``busy_timeout``, a database file
+that is truncated or corrupt. A refused write leaves the store as it was before that write; a
+damaged database file is reported, never rewritten.
+
 Layout of ``root``::
 
     sessions.sqlite3          schema_meta, sessions, turns, images, turn_images
@@ -39,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core_models.image_io import ImageInputError, content_hash, load_image, to_rgb
 from core_models.files import atomic_write
+from seedx_agent.pause_points import pause_point
 from seedx_agent.types import Action, BoxPart, ErrorEvent, ImagePart, Notice, Part
 
 __all__ = ["ForkPoint", "SessionNotFound", "SessionRecord", "SessionStore", "StoreError",
@@ -223,19 +230,24 @@ class SessionStore:
     processes may open the same root, ``BEGIN IMMEDIATE`` plus a busy timeout keeps them apart.
     """
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, busy_timeout: float = 10.0) -> None:
+        """Open (or create) the store under ``root``. ``busy_timeout``: seconds a write waits for
+        another connection's write lock before it fails with a `StoreError`."""
         self.root = Path(root)
         self.images_dir = self.root / IMAGES_DIR
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / DB_NAME
+        self.busy_timeout = busy_timeout
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
-                                   timeout=10.0)
+        with self._sqlite_errors("open"):
+            self._db = sqlite3.connect(self.db_path, isolation_level=None,
+                                       check_same_thread=False, timeout=busy_timeout)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._open_schema()
+            with self._sqlite_errors("open"):
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._open_schema()
         except BaseException:
             self._db.close()
             raise
@@ -255,25 +267,56 @@ class SessionStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken eagerly so concurrent writers queue instead of racing."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("write"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:  # a failed COMMIT must not leave it open either
-                    self._db.execute("ROLLBACK")
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:  # SQLite already rolled back (a full disk does that)
+                        pass
                 raise
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction, so multi-statement reads see one consistent snapshot."""
-        with self._lock:
+        with self._lock, self._sqlite_errors("read"):
             self._db.execute("BEGIN")
             try:
                 yield self._db
             finally:
-                self._db.execute("COMMIT")
+                if self._db.in_transaction:
+                    self._db.execute("COMMIT")
+
+    @contextmanager
+    def _sqlite_errors(self, doing: str) -> Iterator[None]:
+        """SQLite's refusals as `StoreError`s that say what happened to the file and what to do."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StoreError(self._explain(doing, exc)) from exc
+
+    def _explain(self, doing: str, exc: sqlite3.Error) -> str:
+        text = str(exc)
+        lowered = text.lower()
+        if "locked" in lowered or "busy" in lowered:
+            return (f"{self.db_path} is locked by another connection (waited "
+                    f"{self.busy_timeout:g} s to {doing}): {text}; nothing was written, try "
+                    "again once it is free")
+        if "full" in lowered or "i/o error" in lowered:
+            return (f"cannot {doing} {self.db_path}: {text} (is the disk full?); this "
+                    "write was not saved, what was saved before is intact")
+        if "readonly" in lowered or "read-only" in lowered or "permission" in lowered:
+            return (f"cannot {doing} {self.db_path}: the file system refuses it ({text}); "
+                    "this write was not saved, what was saved before is intact")
+        if "malformed" in lowered or "not a database" in lowered or "corrupt" in lowered:
+            return (f"{self.db_path} is damaged (truncated or corrupt?): {text}; it was left "
+                    "as it is, restore it from a backup or move it aside to start a new store "
+                    f"(the pictures under {self.images_dir} are untouched)")
+        return f"cannot {doing} {self.db_path}: {text}"
 
     def _open_schema(self) -> None:
         with self._write() as db:
@@ -335,12 +378,19 @@ class SessionStore:
         rgb = _canonical_rgb(image)
         image_id = content_hash(rgb)
         path = self.image_path(image_id)
-        with self._lock:
+        # The file check, the write and the row are one write transaction, so a concurrent
+        # delete_session (which unlinks orphans under the same lock) cannot remove the file
+        # between our check and our row.
+        with self._write() as db:
             if not self._file_matches(path, image_id):
-                self._write_image_file(rgb, path)
-            with self._write() as db:
-                db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
-                           (image_id, rgb.width, rgb.height, _now().isoformat()))
+                try:
+                    self._write_image_file(rgb, path)
+                except OSError as exc:  # a full disk, a read-only or forbidden folder
+                    raise StoreError(f"cannot save image {image_id} to {path}: "
+                                     f"{exc.strerror or exc}; nothing was written") from exc
+                pause_point("image_written")
+            db.execute("INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?)",
+                       (image_id, rgb.width, rgb.height, _now().isoformat()))
         return image_id
 
     def _write_image_file(self, image: Image.Image, path: Path) -> None:
@@ -362,6 +412,9 @@ class SessionStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise StoreError(f"image {image_id} is missing from the store ({path})") from None
+        except OSError as exc:
+            raise StoreError(f"image {image_id} cannot be read ({path}): "
+                             f"{exc.strerror or exc}") from exc
         try:
             image = Image.open(io.BytesIO(data))
             image.load()
@@ -427,8 +480,10 @@ class SessionStore:
             orphans = [i for i in used if db.execute(
                 "SELECT 1 FROM turn_images WHERE image_id=? LIMIT 1", (i,)).fetchone() is None]
             db.executemany("DELETE FROM images WHERE id=?", [(i,) for i in orphans])
-        for image_id in orphans:
-            self.image_path(image_id).unlink(missing_ok=True)
+        for image_id in orphans:  # unless another writer put the picture again meanwhile
+            with self._write() as db:
+                if db.execute("SELECT 1 FROM images WHERE id=?", (image_id,)).fetchone() is None:
+                    self.image_path(image_id).unlink(missing_ok=True)
 
     # -- turns
 
@@ -445,6 +500,8 @@ class SessionStore:
                 raise StoreError(f"session {record.session_id}: turn index {record.index} is not "
                                  f"the next one ({expected})")
             self._insert_turn(db, record)
+            pause_point("in_transaction")
+        pause_point("committed")
         return record
 
     def next_index(self, session_id: str) -> int:
@@ -537,19 +594,23 @@ class SessionStore:
         with self._read() as db:  # one snapshot: no turn appended between the two reads
             session = self._session(db, session_id)
             turns = self._turns(db, session_id)
-        with atomic_write(dest, directory=True) as tmp:
-            (tmp / IMAGES_DIR).mkdir()
-            for image_id in dict.fromkeys(i for t in turns for i in t.image_ids()):
-                data, _ = self._read_verified(image_id)
-                (tmp / IMAGES_DIR / f"{image_id}.png").write_bytes(data)
-            transcript = {
-                "schema_version": RECORD_SCHEMA_VERSION,
-                "store_schema_version": STORE_SCHEMA_VERSION,
-                "session": session.model_dump(mode="json"),
-                "turns": [t.model_dump(mode="json") for t in turns],
-            }
-            (tmp / TRANSCRIPT_NAME).write_text(json.dumps(transcript, indent=2,
-                                                          ensure_ascii=False))
+        try:
+            with atomic_write(dest, directory=True) as tmp:
+                (tmp / IMAGES_DIR).mkdir()
+                for image_id in dict.fromkeys(i for t in turns for i in t.image_ids()):
+                    data, _ = self._read_verified(image_id)
+                    (tmp / IMAGES_DIR / f"{image_id}.png").write_bytes(data)
+                transcript = {
+                    "schema_version": RECORD_SCHEMA_VERSION,
+                    "store_schema_version": STORE_SCHEMA_VERSION,
+                    "session": session.model_dump(mode="json"),
+                    "turns": [t.model_dump(mode="json") for t in turns],
+                }
+                (tmp / TRANSCRIPT_NAME).write_text(json.dumps(transcript, indent=2,
+                                                              ensure_ascii=False))
+        except OSError as exc:  # a full disk or a refused folder: atomic_write left nothing
+            raise StoreError(f"cannot export session {session_id} to {dest}: "
+                             f"{exc.strerror or exc}; nothing was written") from exc
         return dest
 
     # -- helpers

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+MAX_SEED = 2**64 - 1
+"""The largest seed a torch generator takes; a larger one would fail only when drawing."""
+
 
 class RenderDefaults(BaseModel):
     """How the loaded model draws unless a turn says otherwise.
@@ -21,10 +24,10 @@ class RenderDefaults(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, le=MAX_SEED)
     num_inference_steps: int = Field(default=50, ge=1)
-    guidance_scale: float = Field(default=7.5, ge=0)
-    image_guidance_scale: float = Field(default=1.5, ge=0)
+    guidance_scale: float = Field(default=7.5, ge=0, allow_inf_nan=False)
+    image_guidance_scale: float = Field(default=1.5, ge=0, allow_inf_nan=False)
 
 
 class TurnOptions(BaseModel):
@@ -46,10 +49,11 @@ class TurnOptions(BaseModel):
         default=None, ge=1, le=64, description="run the turn this many times, each step reading "
                                                "the picture the step before drew (a story)")
     max_new_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = Field(default=None, description="the de-tokenizer's noise seed")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
+                             description="the de-tokenizer's noise seed")
     num_inference_steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0)
-    image_guidance_scale: float | None = Field(default=None, ge=0)
+    guidance_scale: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    image_guidance_scale: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
     @field_validator("image_roles", mode="before")
     @classmethod

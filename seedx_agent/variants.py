@@ -18,13 +18,35 @@ released three claims one (SEED-X's try-on weights were never released, so nothi
 from __future__ import annotations
 
 import re
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-_ROLE = re.compile(r"^[a-z][a-z0-9_]*$")  # like skill names: a role often is one
+_ROLE = re.compile(r"[a-z][a-z0-9_]*")  # like skill names: a role often is one
+# A variant's name is a folder name under the model root (``<name>/llm``): no separators, and
+# not starting with a dot, so neither ``.`` nor ``..`` (nor a hidden folder) can be one.
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 ALL_GRIDS = ("1x1", "1x2", "1x3", "2x1", "3x1", "1x4", "4x1", "2x2")
 SINGLE_GRID = ("1x1",)
+
+
+def _variant_name(name: str) -> str:
+    if not _VARIANT_NAME.fullmatch(name):
+        raise ValueError(f"a variant name is a folder name under the model root: 1-64 letters, "
+                         f"digits, '_', '.' or '-', not starting with '.'; got {name!r}")
+    return name
+
+
+def _inside_root(path: str) -> str:
+    """A path a variant loads from: relative to the model root and never leaving it (the root
+    joined with an absolute path is that path; with ``..``, a folder beside the model)."""
+    posix, windows = PurePosixPath(path), PureWindowsPath(path)
+    if ("\0" in path or not posix.parts or posix.is_absolute() or windows.anchor
+            or ".." in windows.parts):
+        raise ValueError(f"a variant's weights are a path relative to the model root, without "
+                         f"'..'; got {path!r}")
+    return path
 
 
 class PromptTemplate(BaseModel):
@@ -54,12 +76,22 @@ class AdapterWeights(BaseModel):
     base: str
     path: str
 
+    @field_validator("base")
+    @classmethod
+    def _base_name(cls, base: str) -> str:
+        return _variant_name(base)
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        return _inside_root(path)
+
 
 class Variant(BaseModel):
     """One entry of the registry. Paths are relative to the model root (release layout)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     description: str = ""
     llm: str | AdapterWeights | None = None  # dense folder; None = "<name>/llm"
     agent: str | None = None  # None = "<name>/agent/pytorch_model.bin"
@@ -71,10 +103,20 @@ class Variant(BaseModel):
     roles: tuple[str, ...] = Field(default=(), description="jobs it was trained for, matched "
                                                          "against a skill's variant_role")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return _variant_name(name)
+
+    @field_validator("llm", "agent")
+    @classmethod
+    def _weights_inside_root(cls, path):
+        return _inside_root(path) if isinstance(path, str) else path
+
     @field_validator("roles")
     @classmethod
     def _role_names(cls, roles: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [r for r in roles if not _ROLE.match(r)]
+        bad = [r for r in roles if not _ROLE.fullmatch(r)]
         if bad:
             raise ValueError(f"roles must match {_ROLE.pattern}, got {bad}")
         return tuple(dict.fromkeys(roles))

@@ -27,7 +27,7 @@ from .loading import LoadReport, assert_materialised, empty_init, load_into_mode
 from .peft_lora import PEFT_PREFIX, PeftLoraMergedView, plan_peft_merge
 from .reading import (FP16_WEIGHT_FILE_NAMES, WEIGHT_FILE_NAMES, CheckpointError,
                       CheckpointMismatchError, CheckpointView, PathLike, SafetensorsFile, Shape,
-                      TensorView, checkpoint_keys, find_weights, iter_checkpoint_shards,
+                      TensorView, checkpoint_keys, find_weights, followed, iter_checkpoint_shards,
                       list_shards, load_state_dict_file, read_manifest, read_weight_map,
                       tensor_dtype, tensor_shape)
 from .writing import (DEFAULT_MAX_SHARD_SIZE, convert_to_safetensors, parse_size, plan_shards,
@@ -41,7 +41,7 @@ __all__ = [
     # reading
     "FP16_WEIGHT_FILE_NAMES", "WEIGHT_FILE_NAMES", "CheckpointError", "CheckpointMismatchError",
     "CheckpointView", "PathLike", "SafetensorsFile", "Shape", "TensorView", "checkpoint_keys",
-    "find_weights", "iter_checkpoint_shards", "list_shards", "load_state_dict_file",
+    "find_weights", "followed", "iter_checkpoint_shards", "list_shards", "load_state_dict_file",
     "read_manifest", "read_weight_map", "tensor_dtype", "tensor_shape",
     # keys
     "QWEN_VISUAL_PREFIX", "KeyMap", "check_state_dict_keys", "identity_key_map",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .keys import is_qwen_vl_chat_checkpoint
-from .reading import CheckpointError, PathLike, find_weights
+from .reading import CheckpointError, PathLike, find_weights, followed
 
 # Names of the release (§1 of the reference).
 VARIANTS = ("seed_x", "seed_x_i", "seed_x_edit")
@@ -29,8 +29,14 @@ QWEN_VL_CHAT_DIRNAME = "Qwen-VL-Chat"
 COMPONENTS = ("llm", "agent", "tokenizer", "vit", "sdxl", "detokenizer_stage1", "detokenizer_stage2")
 
 
+def _has_file(folder: Path, name: str) -> bool:
+    """``folder/name`` is a file (a symlink into a Hugging Face cache's blobs counts, and is
+    logged; a dangling one raises `CheckpointError` rather than reading as missing)."""
+    return folder.is_dir() and followed(folder / name).is_file()
+
+
 def _is_llm_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "config.json").is_file() and find_weights(p) is not None
+    return _has_file(p, "config.json") and find_weights(p) is not None
 
 
 def _is_weights(p: Path) -> bool:
@@ -38,11 +44,11 @@ def _is_weights(p: Path) -> bool:
 
 
 def _is_tokenizer_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "tokenizer.model").is_file()
+    return _has_file(p, "tokenizer.model")
 
 
 def _is_sdxl_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "unet" / "config.json").is_file()
+    return _has_file(p / "unet", "config.json")
 
 
 @dataclass

@@ -10,14 +10,21 @@ conversion bug one key per run is miserable.
 Files are found by the HF / diffusers naming conventions (`find_weights`); an index json
 (``*.index.json``) makes a sharded checkpoint, whose shards are read one at a time
 (`iter_checkpoint_shards`) so that peak memory stays at about one shard.
+
+Symbolic links are followed wherever they point: a Hugging Face cache is made of them
+(``snapshots/<rev>/<file> -> ../../blobs/<hash>``). Each link is logged once, with the file it
+resolves to, so a load that reads an unexpected blob can be traced; a dangling link (an
+interrupted download, a pruned cache) is a `CheckpointError` naming the link (`followed`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Union
@@ -43,6 +50,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # ``<base>-00001-of-00003.safetensors``: one shard of several is never a whole checkpoint, even
 # when an interrupted write left it alone in its folder.
 SHARD_NAME = re.compile(r"-\d{5}-of-\d{5}\.[^.]+$")
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,6 +101,44 @@ class CheckpointMismatchError(CheckpointError):
 
 
 # ------------------------------------------------------------------------------------------------
+# Symbolic links
+# ------------------------------------------------------------------------------------------------
+_logged_links: set[tuple[str, str]] = set()
+_logged_links_guard = threading.Lock()
+
+
+def followed(path: PathLike) -> Path:
+    """``path`` itself; when it is a symbolic link, first checked and logged.
+
+    The link is logged (INFO, once per link and target) as ``link -> resolved target``; a link
+    whose target does not exist, or a loop of links, raises `CheckpointError` naming the link,
+    because "no checkpoint here" would send the user looking for a file that is there.
+    """
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    try:
+        target = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"{path}: dangling symlink to {os.readlink(path)} (resolves to {path.resolve()}, "
+            "which does not exist; an interrupted download or a pruned cache?)") from None
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop, before Python 3.13
+        raise CheckpointError(f"{path}: symlink cannot be followed: {exc}") from None
+    with _logged_links_guard:
+        first = (str(path), str(target)) not in _logged_links
+        _logged_links.add((str(path), str(target)))
+    if first:
+        logger.info("following symlink %s -> %s", path, target)
+    return path
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, except that a broken symlink raises instead of reading as absent."""
+    return followed(path).is_file()
+
+
+# ------------------------------------------------------------------------------------------------
 # Locating weight files
 # ------------------------------------------------------------------------------------------------
 def find_weights(path: PathLike, prefer_fp16: bool = False) -> Path | None:
@@ -101,20 +148,22 @@ def find_weights(path: PathLike, prefer_fp16: bool = False) -> Path | None:
     ``prefer_fp16`` picks diffusers' ``*.fp16.*`` variant when present (useful when the target
     dtype is float16 anyway: half the bytes to read). A folder holding exactly one weight file of
     another name (``QwenViT/qwen_vit_G.pt``) is accepted too, unless it is named as one shard of
-    several. Returns None when nothing is found.
+    several. Returns None when nothing is found; a dangling symlink where weights would be
+    raises `CheckpointError` naming it.
     """
     path = Path(path)
-    if path.is_file():
+    if _is_file(path):
         return path
     if not path.is_dir():
         return None
     names = (FP16_WEIGHT_FILE_NAMES + WEIGHT_FILE_NAMES) if prefer_fp16 else (
         WEIGHT_FILE_NAMES + FP16_WEIGHT_FILE_NAMES)
     for name in names:
-        if (path / name).is_file():
+        if _is_file(path / name):
             return path / name
     files = [p for p in path.iterdir()
-             if p.is_file() and not p.name.startswith(".") and not SHARD_NAME.search(p.name)]
+             if not p.name.startswith(".") and not SHARD_NAME.search(p.name)
+             and (_is_file(p) if p.name.endswith(WEIGHT_SUFFIXES + (".json",)) else p.is_file())]
     for match in (lambda p: p.name.endswith(".safetensors.index.json"),
                   lambda p: p.suffix == ".safetensors",
                   lambda p: p.name.endswith(".index.json"),
@@ -127,13 +176,13 @@ def find_weights(path: PathLike, prefer_fp16: bool = False) -> Path | None:
 
 def read_weight_map(index_file: PathLike) -> dict[str, Path]:
     """``{key: shard path}`` from an HF ``*.index.json``; every listed shard must exist."""
-    index_file = Path(index_file)
+    index_file = followed(index_file)
     try:
         weight_map = json.loads(index_file.read_text())["weight_map"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{index_file}: not a readable checkpoint index ({exc})") from exc
     shards = {name: index_file.parent / name for name in set(weight_map.values())}
-    absent = sorted(str(p) for p in shards.values() if not p.is_file())
+    absent = sorted(str(p) for p in shards.values() if not _is_file(p))
     if absent:
         raise CheckpointError(f"{index_file}: lists shard files that do not exist: {absent}")
     return {key: shards[name] for key, name in weight_map.items()}
@@ -232,7 +281,7 @@ def load_state_dict_file(path: PathLike, *, lazy: bool = True) -> Mapping[str, t
     files raise `CheckpointError` naming the file. A ``{"state_dict"|"module"|"model": {...}}``
     wrapper (DeepSpeed / Lightning style) is unwrapped.
     """
-    path = Path(path)
+    path = followed(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     if path.suffix == ".safetensors":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 from pptx import Presentation
@@ -26,6 +27,10 @@ from .plan import SlidePlan
 BLANK_LAYOUT = 6          # of python-pptx's default template
 EMU_PER_PT = 12700
 MIN_PICTURE_SIDE = 256    # a cut from a small drawing is enlarged by a whole factor, crisply
+MAX_PROPERTY_CHARS = 255  # the OOXML core properties' limit (python-pptx enforces it)
+# What XML 1.0 cannot hold: control characters other than tab, newline and carriage return,
+# lone surrogates and the two non-characters. The words are the model's: anything may be in them.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 
 def build_deck(plans: list[SlidePlan], aspect: str) -> tuple[Presentation, list[dict]]:
@@ -38,8 +43,9 @@ def build_deck(plans: list[SlidePlan], aspect: str) -> tuple[Presentation, list[
         page = deck.slides.add_slide(deck.slide_layouts[BLANK_LAYOUT])
         rects = {name: region_rect(region.box, width, height)
                  for name, region in plan.slide.regions.items()}
-        _text_box(page, "title", rects["title"], [plan.slide.title], bullets=False)
-        _text_box(page, "text", rects["text"], list(plan.slide.bullets), bullets=True)
+        _text_box(page, "title", rects["title"], [xml_text(plan.slide.title)], bullets=False)
+        _text_box(page, "text", rects["text"], [xml_text(b) for b in plan.slide.bullets],
+                  bullets=True)
         shapes = {name: list(rect) for name, rect in rects.items()}
         if plan.picture is not None:
             at = fit_centred(rects["picture"], plan.picture.size)
@@ -47,9 +53,14 @@ def build_deck(plans: list[SlidePlan], aspect: str) -> tuple[Presentation, list[
             picture.name = "picture"
             shapes["picture_placed"] = list(at)
         placed.append(shapes)
-    if plans:
-        deck.core_properties.title = plans[0].slide.title
+    if plans:  # the document's title, as file browsers show it; the slide keeps the whole one
+        deck.core_properties.title = xml_text(plans[0].slide.title)[:MAX_PROPERTY_CHARS]
     return deck, placed
+
+
+def xml_text(text: str) -> str:
+    """``text`` without the characters a ``.pptx`` (XML) cannot store."""
+    return _NOT_XML.sub("", text)
 
 
 def save_deck(deck: Presentation, path: Path) -> None:

@@ -1,7 +1,9 @@
 """``seedx convert SRC DST``: a released pickled checkpoint rewritten once as safetensors.
 
 The work is `core_models.checkpoint.convert_to_safetensors` (streamed shard by shard, pickles
-read with ``weights_only=True``, crash-safe); this is its command line.
+read with ``weights_only=True``, crash-safe); this is its command line. An interrupted run (Ctrl-C:
+exit status 130) or one the disk refuses (exit status 2) leaves nothing in DST that a loader
+would take for a checkpoint.
 """
 
 from __future__ import annotations
@@ -36,5 +38,9 @@ def convert(src: Path, dst: Path, dtype: str | None, max_shard_size: str,
                                           max_shard_size=max_shard_size, key_map=key_map)
     except (ckpt.CheckpointError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from None
+    except OSError as exc:  # a full disk or a refused folder: the writer removed its shards
+        raise CliError(f"cannot write {dst}: {exc.strerror or exc}; no checkpoint was left "
+                       "there (free space or choose another destination, then run it "
+                       "again)") from None
     click.echo(f"converted {src} -> {out}")
     return EXIT_OK

@@ -1,9 +1,11 @@
 """``seedx run SCRIPT.yaml --out DIR`` and ``seedx smoke --out DIR``: a scripted session.
 
-The script is checked first (`load_script`), then the model loads, then every turn runs whatever
-happens to the one before it: a turn that fails is recorded in the transcript with its error, and
-the run still did its job (exit status 0). ``smoke`` is ``run`` on a built-in script for the
-untrained tiny stack (every code path, no file needed); the README demo is examples/demo.yaml.
+The script is checked first (`load_script`, then the skills it names against the installed
+ones), then the model loads (and the variants it names are checked against the model's), then
+every turn runs whatever happens to the one before it: a turn that fails is recorded in the
+transcript with its error, and the run still did its job (exit status 0). ``smoke`` is ``run``
+on a built-in script for the untrained tiny stack (every code path, no file needed); the README
+demo is examples/demo.yaml.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ def run_script(script: Script, base: Path, out: Path, *, source: str, model: str
     """Run ``script`` (image paths relative to ``base``) and write its results under ``out``."""
     from ..store import SessionStore
 
+    check_skills(script, source)
     prepare_out(out)
     runtime = load_runtime(model or script.model, placement)
+    check_variants(script, source, runtime.variants.names())
     print_banner(runtime, sys.stderr)
     store = SessionStore(out / "store")
     try:
@@ -166,6 +170,41 @@ def run_turn(session: "Session", store: "SessionStore", script: Script, turn: Sc
         else:
             entries.append(entry(None, before))
     return entries
+
+
+def _named(script: Script, field: str) -> list[tuple[str, str]]:
+    """``(where, name)`` for the script's ``field`` and each turn's, where they are set."""
+    named = [(field, getattr(script, field))] + [
+        (f"turns[{n}].{field}", getattr(turn, field)) for n, turn in enumerate(script.turns)]
+    return [(where, name) for where, name in named if name is not None]
+
+
+def check_skills(script: Script, source: str) -> None:
+    """Every skill the script names is installed; checked before the model loads, since a
+    scripted turn without its skill would only be noise."""
+    from ..plugins import pm
+    from ..skill_host import SkillHost
+    from ..skills import SkillRegistrationError
+
+    named = _named(script, "skill")
+    if not named:
+        return
+    try:
+        installed = SkillHost(pm).skills
+    except SkillRegistrationError as exc:
+        raise CliError(f"{source}: the installed skills cannot be listed: {exc}") from None
+    for where, name in named:
+        if name not in installed:
+            raise CliError(f"{source}: {where}: unknown skill {name!r}; installed: "
+                           f"{', '.join(installed) or 'none'} (seedx plugins lists them)")
+
+
+def check_variants(script: Script, source: str, known: list[str]) -> None:
+    """Every variant the script names is one the loaded model has."""
+    for where, name in _named(script, "variant"):
+        if name not in known:
+            raise CliError(f"{source}: {where}: unknown variant {name!r}; this model has: "
+                           f"{', '.join(known)}")
 
 
 def turn_images(turn: ScriptTurn, base: Path) -> list[Any]:

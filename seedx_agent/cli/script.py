@@ -72,6 +72,16 @@ class Script(_ScriptRendering):
     skill: str | None = Field(default=None, description="the session's default skill")
     turns: list[ScriptTurn] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _no_empty_turn(self) -> "Script":
+        """Refused here, before the model loads, as the session would refuse it at run time."""
+        for index, turn in enumerate(self.turns):
+            if not (turn.text.strip() or turn.images or turn.revert_to is not None
+                    or turn.skill or self.skill or turn.force_image):
+                raise ValueError(f"turn {index + 1} is empty: give it text, images, a skill, "
+                                 "force_image or revert_to")
+        return self
+
     def turn_options(self, turn: ScriptTurn) -> TurnOptions:
         """``turn``'s options over the script-wide rendering options."""
         wide = self.model_dump(include=set(RENDER_OPTIONS), exclude_none=True)
@@ -83,18 +93,51 @@ def load_script(path: Path) -> Script:
     import yaml
 
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_script_loader())
     except FileNotFoundError:
         raise CliError(f"script not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CliError(f"cannot read script {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise CliError(f"{path} is not valid YAML: {exc}") from None
+    except RecursionError:   # PyYAML composes nested collections recursively
+        raise CliError(f"{path} is nested too deeply to be a seedx script") from None
     if not isinstance(raw, dict):
         raise CliError(f"{path}: a script is a mapping with a 'turns' list (docs/cli.md)")
     script = parse_script(raw, str(path))
     check_images(script, path.parent, str(path))
     return script
+
+
+def _script_loader() -> type:
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last value silently, so a second ``turns:`` would drop every turn of
+    the first, and a turn's second ``seed:`` the first seed: the kind of typo this loader exists
+    to catch. Keys a ``<<`` merge brings in may still be overridden, as YAML intends.
+    """
+    import yaml
+
+    class ScriptLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: set = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        repeated = key in seen
+                    except TypeError:
+                        continue   # an unhashable key: the safe loader reports it
+                    if repeated:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping", node.start_mark,
+                            f"found the key {key!r} twice", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return ScriptLoader
 
 
 def parse_script(raw: dict[str, Any], source: str) -> Script:
@@ -116,12 +159,27 @@ def check_images(script: Script, base: Path, source: str) -> None:
             size = parse_synthetic(spec)
             if size is not None and not all(1 <= n <= MAX_SIDE for n in size):
                 raise CliError(f"{where}: synthetic sizes are 1..{MAX_SIDE}, got {spec!r}")
-            if size is None and not (base / spec).is_file():
+            if size is None and not _is_file(base / spec, where):
                 raise CliError(f"{where}: image file not found: {base / spec}")
+
+
+def _is_file(path: Path, where: str) -> bool:
+    """``path.is_file()``, with the names no file system accepts reported as such."""
+    if "\0" in str(path):
+        raise CliError(f"{where}: {str(path)!r} contains a NUL character, which no file name can")
+    try:
+        return path.is_file()
+    except OSError as exc:   # a name too long for the file system, say
+        raise CliError(f"{where}: cannot look for the image file {str(path)[:200]!r}…: "
+                       f"{exc.strerror or exc}") from None
 
 
 def _problem(error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
+    if error["type"] == "invalid_key":   # YAML keys may be numbers, booleans or null
+        key = error.get("input", loc[-1])   # the key as written; loc holds its str()
+        hint = " (YAML reads yes/no/on/off as booleans: quote it)" if isinstance(key, bool) else ""
+        return f"{_loc(loc[:-1])}: the key {key!r} is not a name; keys are strings{hint}"
     if error["type"] == "extra_forbidden":
         where, key = _loc(loc[:-1]), loc[-1]
         keys = ScriptTurn.model_fields if where.startswith("turns[") else Script.model_fields

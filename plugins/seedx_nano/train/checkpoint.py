@@ -74,11 +74,20 @@ def load_data(path: Path) -> dict:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """A stage checkpoint of this or an earlier version, read with ``weights_only=True``."""
+    """A stage checkpoint of this or an earlier version, read with ``weights_only=True``.
+
+    A file that is cut short or otherwise not a torch archive (`save_torch` never leaves one,
+    but a copy interrupted halfway does) is a `CheckpointError` that says so and how to go on.
+    """
     try:
         return torch.load(path, weights_only=True)
     except pickle.UnpicklingError:
         pass  # an earlier version's checkpoint, with NumPy's RNG state pickled
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: cannot read this checkpoint (truncated or corrupt?): {first}. Delete it to "
+            "train that stage again from its start, or put back a good copy.") from exc
     try:
         with torch.serialization.safe_globals(OLD_NUMPY_RNG_GLOBALS):
             return torch.load(path, weights_only=True)

@@ -42,6 +42,7 @@ _LAZY = {
     "SessionRecord": ("seedx_agent.store", "SessionRecord"),
     "get_plugins": ("seedx_agent.plugins", "get_plugins"),
     "pm": ("seedx_agent.plugins", "pm"),
+    "ChatSeedX": ("seedx_agent.integrations.langchain", "ChatSeedX"),
 }
 
 

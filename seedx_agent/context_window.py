@@ -5,6 +5,9 @@ doc gives the rules). This is the other half: the token budget a turn must fit i
 still in the model's context (the oldest leave first when the budget runs out, and a turn whose
 picture the store can no longer give back leaves at once), and rebuilding a cache from the
 stored turns exactly as they were written, after a resume, an eviction or a residency swap.
+It also takes in turns that ran elsewhere (`adopt_exchange`): a conversation an embedding app
+kept itself (LangChain sends the whole history each call) becomes turns the next real turn
+prefills, replies included, without generating them again.
 
 `ContextWindow` is a part of `Session` (its base class) and reads the session's state:
 ``history``, ``runtime``, ``get_image``, ``keep_cache``, ``cache_memory_limit`` and the
@@ -109,6 +112,70 @@ class ContextWindow:
             kv.prefill(input_ids, embeds)
             if ctx.reply_ids:
                 kv.prefill(list(ctx.reply_ids))
+
+
+    # --- turns that ran elsewhere -------------------------------------------------------------
+    def adopt_exchange(self, text: str, images: list, reply_ids: list[int],
+                       reply_images: list = ()) -> None:
+        """Record a finished exchange this session did not run: the user's ``text`` and
+        ``images`` (PIL), and the reply as the token ids the model would have written (without
+        EOS). Nothing runs now; the next turn rebuilds the KV cache with it (`_replay`), so the
+        model reads it exactly as if it had said it. ``reply_images`` (PIL) are the pictures of
+        the reply's ``<img>`` runs, kept so a follow-up about them can attach them as it does
+        for pictures the session drew; the runs themselves carry no picture the LLM reads."""
+        from core_models.image_io import content_hash
+
+        from .store import ModelContext, TurnRecord, TurnRequest
+        from .types import ImagePart, TextPart
+
+        variant = self.runtime.variants.get(self.variant)
+        parts = []
+        for image, role in [(im, "input") for im in images] + [(im, "generated") for im in reply_images]:
+            image_id = self.store.put_image(image) if self.store is not None else content_hash(image)
+            self._images[image_id] = image
+            parts.append(ImagePart(image_id=image_id, width=image.width, height=image.height,
+                                   role=role))
+        inputs = [p for p in parts if p.role == "input"]
+        reply_text = self.runtime.tokenizer.decode(reply_ids)
+        record = TurnRecord(
+            session_id=self.id, index=len(self.history),
+            request=TurnRequest(text=text, image_ids=tuple(p.image_id for p in inputs)),
+            parts=(*inputs, TextPart(text=reply_text), *(p for p in parts if p.role != "input")),
+            variant=variant.name, reply_tokens=len(reply_ids),
+            context=ModelContext(variant=variant.name, instruction=text,
+                                 image_ids=tuple(p.image_id for p in inputs),
+                                 grids=tuple(variant.resolution_grids),
+                                 image_first=variant.template.image_first,
+                                 reply_ids=tuple(reply_ids)))
+        if self.store is not None:
+            record = self.store.append_turn(record)
+        self.history.append(record)
+
+    def kept_tokens(self, variant: str | None = None) -> int:
+        """How many tokens the KV cache of ``variant`` (default: the session's) holds now, if
+        it holds exactly the turns in context; else 0 (the next turn rebuilds it). With
+        ``keep_cache=False`` it is the cache the last turn built, which the next one rebuilds."""
+        name = variant or self.variant
+        kv = self._kv.get(name)
+        if kv is None or self._kv_turns.get(name) != self._context_turns():
+            return 0
+        return len(kv)
+
+    def cache_bytes(self) -> int:
+        """An estimate of the memory this session's KV caches hold (keys, values and the
+        hidden state per token, as `_token_budget` counts them)."""
+        total = 0
+        for kv in self._kv.values():
+            agent = getattr(kv, "model", None)
+            if agent is None or not len(kv):
+                continue
+            cfg = agent.llm.config
+            param = next(agent.parameters())
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            per_token = (2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim
+                         + cfg.hidden_size) * param.element_size()
+            total += per_token * len(kv)
+        return total
 
 
 def with_images(text: str, encoded: list, num_img_tokens: int, image_first: bool) -> str:

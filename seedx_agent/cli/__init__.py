@@ -27,7 +27,7 @@ import sys
 import click
 
 from .. import __version__
-from . import chat, convert, plugins, run, sessions
+from . import chat, convert, plugins, run, serve, sessions, ui
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CliError
 
 __all__ = ["cli", "main", "add_plugin_commands", "CliError"]
@@ -71,7 +71,7 @@ def evaluate() -> None:
 
 # the modules keep their names (seedx_agent.cli.run is the module); their commands are added here
 for _command in (chat.chat, run.run, run.smoke, plugins.plugins, sessions.sessions,
-                 convert.convert):
+                 convert.convert, serve.serve, ui.ui):
     cli.add_command(_command)
 
 

@@ -261,6 +261,21 @@ def test_sessions_list_show_export(demo, tmp_path, capsys):
 
     assert cli.main(["sessions", "show", "ffff", "--store", store]) == 2
     assert "no session 'ffff'" in capsys.readouterr().err
+    assert cli.main(["sessions", "show", "", "--store", store]) == 2  # "" prefixes every id
+    assert "give a session id" in capsys.readouterr().err
+
+
+def test_chat_refuses_an_unknown_session_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    from seedx_agent.cli import chat
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the session id was checked")
+
+    monkeypatch.setattr(chat, "load_runtime", no_model)
+    for bad, words in (("ffff", "no session 'ffff'"), ("", "give a session id")):
+        code = cli.main(["chat", "--store", str(tmp_path / "store"), "--session", bad])
+        assert code == 2
+        assert words in capsys.readouterr().err
     assert cli.main(["sessions", "list", "--store", str(tmp_path / "empty")]) == 0
     assert "no sessions" in capsys.readouterr().out
 

@@ -60,9 +60,10 @@ def chat(model: str | None, placement: str | None, store: Path | None, session_i
     """Talk to SEED-X in a REPL: each line is a user turn; /help lists the commands (/image,
     /versions, /revert, /draw, /edit, /set, /unset, /skill, /save, /quit)."""
     opened = open_store(store, create=True)
+    # a wrong id is refused before the model loads (which takes the time)
+    resumed = resolve_session(opened, session_id) if session_id is not None else None
     runtime = load_runtime(model, placement)
     print_banner(runtime, sys.stdout)
-    resumed = resolve_session(opened, session_id) if session_id else None
     session = runtime.open_session(store=opened, session_id=resumed, title="chat")
     repl = ChatRepl(session, opened)
     if skill:

@@ -51,6 +51,8 @@ def open_store(path: Path | None, *, create: bool) -> "SessionStore":
 
 def resolve_session(store: "SessionStore", prefix: str) -> str:
     """The one session whose id starts with ``prefix``."""
+    if not prefix.strip():  # "" is a prefix of every id: never let it pick one silently
+        raise CliError(f"give a session id or its prefix (seedx sessions list --store {store.root})")
     ids = [s.id for s in store.list_sessions() if s.id.startswith(prefix.lower())]
     if len(ids) == 1:
         return ids[0]

@@ -85,6 +85,29 @@ def test_remote_image_urls_are_refused_with_the_fix():
             chat.invoke([HumanMessage(content=[block, {"type": "text", "text": "What?"}])])
 
 
+def test_pictures_go_through_the_products_front_door():
+    """The same checks as every other way in (core_models.image_io.load_image): bad base64, a
+    truncated file and an absurd aspect ratio are refused before the model runs."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    def png(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    strip = base64.b64encode(png(Image.new("RGB", (400, 4)))).decode()
+    cut = base64.b64encode(png(Image.new("RGB", (64, 64), (200, 10, 10)))[:60]).decode()
+    chat = ChatSeedX(runtime=replay())
+    for data, words in ((strip, "aspect ratio"), (cut, "truncated|corrupt|could not read"),
+                        ("not base64!", "not valid base64")):
+        block = {"type": "image", "base64": data, "mime_type": "image/png"}
+        with pytest.raises(UnsupportedContent, match=words):
+            chat.invoke([HumanMessage(content=[block, {"type": "text", "text": "What?"}])])
+
+
 # --- answers out ------------------------------------------------------------------------------
 
 def test_a_streamed_reply_carries_its_image_and_a_box_placed_on_it():

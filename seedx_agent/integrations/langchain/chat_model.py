@@ -18,9 +18,7 @@ fetched). ``stop`` sequences end the reply where one appears; such a cut reply i
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextvars
-import io
 import threading
 import uuid
 from typing import Any, AsyncIterator, Iterator, Sequence
@@ -38,6 +36,7 @@ from langchain_core.runnables.config import (ensure_config, get_async_callback_m
                                              get_callback_manager_for_config)
 from pydantic import ConfigDict, Field, PrivateAttr, field_validator
 
+from ...data_urls import png_base64, png_bytes
 from .history_cache import HistoryCache, history_key
 from .messages import Item, Message, read_conversation
 
@@ -314,9 +313,7 @@ class ChatSeedX(BaseChatModel):
 
     @staticmethod
     def _image_block(session: Any, part: Any) -> dict[str, Any]:
-        buffer = io.BytesIO()
-        session.get_image(part.image_id).save(buffer, format="PNG")
-        return create_image_block(base64=base64.b64encode(buffer.getvalue()).decode("ascii"),
+        return create_image_block(base64=png_base64(png_bytes(session.get_image(part.image_id))),
                                   mime_type="image/png", id=f"seedx-image-{part.image_id[:16]}",
                                   image_id=part.image_id, width=part.width,
                                   height=part.height, role=part.role)

@@ -11,11 +11,10 @@ fetches from the network. The assistant's own pictures and boxes come back as th
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
+
+from seedx_agent.data_urls import decode_base64, decode_data_url
 
 ROLES = {"human": "user", "HumanMessageChunk": "user", "system": "system",
          "SystemMessageChunk": "system", "ai": "assistant", "AIMessageChunk": "assistant"}
@@ -141,27 +140,26 @@ def _data_url(url: str) -> bytes:
         raise UnsupportedContent(
             f"ChatSeedX does not fetch remote images ({url[:60]}): send the picture itself, as "
             "base64 or a data: URL")
-    header, _, data = url.partition(",")
-    if ";base64" not in header:
-        raise UnsupportedContent("a data: URL image must be base64-encoded")
-    return _b64(data)
+    try:
+        return decode_data_url(url)
+    except ValueError as exc:
+        raise UnsupportedContent(f"an image: {exc}") from None
 
 
 def _b64(data: str) -> bytes:
     try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise UnsupportedContent(f"an image is not valid base64: {exc}") from None
+        return decode_base64(data)
+    except ValueError as exc:
+        raise UnsupportedContent(f"an image is {exc}") from None
 
 
 def _image(raw: bytes) -> Item:
-    from PIL import Image, UnidentifiedImageError
-
-    from core_models.image_io import content_hash, to_rgb
+    """Through the product's front door for untrusted pictures (size limits before decoding,
+    a full decode, EXIF orientation), like every other way a picture comes in."""
+    from core_models.image_io import ImageInputError, content_hash, load_image
 
     try:
-        with Image.open(io.BytesIO(raw)) as opened:
-            image = to_rgb(opened)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UnsupportedContent(f"an image could not be read: {exc}") from None
+        image = load_image(raw)
+    except ImageInputError as exc:
+        raise UnsupportedContent(str(exc)) from None
     return Item("image", image=image, image_id=content_hash(image))

@@ -12,7 +12,6 @@ session, and its own, as they were.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import threading
 import time
@@ -28,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ...data_urls import png_base64, png_bytes, png_data_url
 from ...turn_options import TurnOptions
 from ...types import BoxFound, DenoiseStep, ImagePart, ImageStarted, TextDelta, TurnDone
 from .auth import check_bind, check_request
@@ -260,7 +260,7 @@ def create_app(runtime: "Runtime", store: "SessionStore",
             made = [p for p in done.parts if isinstance(p, ImagePart) and p.role != "input"]
             if not made:
                 raise ApiError(500, "the model answered without a picture", "no_image", "server_error")
-            data.append({"b64_json": _b64(_png(session, made[-1].image_id)),
+            data.append({"b64_json": png_base64(_png(session, made[-1].image_id)),
                          "revised_prompt": prompt})
         return {"created": int(time.time()), "data": data}
 
@@ -340,8 +340,7 @@ def _messages(session) -> list[dict[str, Any]]:
     """The stored conversation as OpenAI messages, ready to be sent back with a new one."""
     out = []
     for turn in _stored(session):
-        images = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
-                                                      + _b64(_png(session, i))}}
+        images = [{"type": "image_url", "image_url": {"url": png_data_url(_png(session, i))}}
                   for i in turn.request.image_ids]
         out.append({"role": "user", "content": [{"type": "text", "text": turn.request.text},
                                                 *images] if images else turn.request.text})
@@ -372,15 +371,7 @@ def _is_session_id(value: str) -> bool:
 
 
 def _png(session, image_id: str) -> bytes:
-    buffer = io.BytesIO()
-    session.get_image(image_id).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _b64(data: bytes) -> str:
-    import base64
-
-    return base64.b64encode(data).decode()
+    return png_bytes(session.get_image(image_id))
 
 
 def _error(exc: ApiError) -> JSONResponse:

@@ -9,12 +9,11 @@ says something else than what was stored cannot be reconciled with the cache: it
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ...data_urls import decode_data_url, png_data_url
 from ...types import BoxPart, ImagePart, Part, TextPart
 from .limits import ApiError, Limits
 from .schemas import Box, ChatMessage, ImageContent, ImageUrl, ReplyImage, ReplyMessage
@@ -29,13 +28,10 @@ class UserTurn:
 def decode_image(url: str, limits: Limits, which: str, *, allow_remote: bool) -> bytes:
     """The bytes of one ``image_url``, with its size checked before the pixels are decoded."""
     if url.startswith("data:"):
-        header, _, payload = url.partition(",")
-        if not header.endswith(";base64"):
-            raise ApiError(400, f"{which}: only base64 data URLs are accepted", "invalid_image")
         try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, f"{which}: the data URL is not valid base64", "invalid_image") from None
+            data = decode_data_url(url)
+        except ValueError as exc:
+            raise ApiError(400, f"{which}: {exc}", "invalid_image") from None
     elif url.startswith(("http://", "https://")):
         if not allow_remote:
             raise ApiError(400, f"{which}: remote image URLs are off on this server; send the "
@@ -162,7 +158,7 @@ def reply_message(parts: tuple[Part, ...], input_ids: list[str],
                                  image_index=index, target=part.target_kind))
         elif isinstance(part, ImagePart) and part.role != "input":
             text.append(f"[image {picture_ids.index(part.image_id) + 1}]")
-    images = [ReplyImage(image_url=ImageUrl(url=data_url(png_of(i)))) for i in picture_ids]
+    images = [ReplyImage(image_url=ImageUrl(url=png_data_url(png_of(i)))) for i in picture_ids]
     return ReplyMessage(content=_join(text), images=images, boxes=boxes)
 
 
@@ -175,5 +171,3 @@ def _join(pieces: list[str]) -> str:
     return out
 
 
-def data_url(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -13,6 +13,9 @@ Each arm is scored every ``--eval-every`` steps with greedy decoding on held-out
 scenes (mean IoU and its standard error). If ``slot`` learns positions and ``plain`` does not,
 the lever is an input-side position code; if neither does, the budget or the ViT is the limit.
 
+``--loc-sigma S`` (> 0) trains every arm with Gaussian targets over the location bins instead
+of plain cross-entropy (``loc_target.py``); the arm's name gets a ``_sigmaS`` suffix.
+
 ``--share`` sets the fraction of each batch drawn from the grounding tasks (1.0: grounding
 only); below 1 the rest comes from every other task with the stage's full loss, so the other
 skills are not forgotten while grounding gets a larger share of the steps than in the default
@@ -42,6 +45,7 @@ from core_models.mllm import ContinuousLVLM
 
 from .. import metrics, tasks
 from .llm import LLMData, trained_agent
+from .loc_target import LocTarget
 from .loop import lr_factor, step_generator
 from .plan import Plan
 from .run import Run, say
@@ -131,7 +135,8 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], opt) -> tuple[int
 
 
 def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: int, n_eval: int,
-            log: Path, share: float = 1.0, save: Path | None = None) -> list[dict]:
+            log: Path, share: float = 1.0, save: Path | None = None,
+            loc_sigma: float = 0.0) -> list[dict]:
     torch.manual_seed(0)
     agent = trained_agent(run)
     vit = frozen_vit(run)
@@ -145,6 +150,8 @@ def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: i
     sampler = MixedSampler(data, share)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     name = arm if share >= 1 else f"{arm}_share{share:g}"
+    name += f"_sigma{loc_sigma:g}" if loc_sigma > 0 else ""
+    target = LocTarget(run.tokenizer().loc_token_ids, loc_sigma) if loc_sigma > 0 else None
     ckpt = save / name if save else None
     start, points = load_checkpoint(ckpt, modules, opt) if ckpt else (0, [])
     if start:
@@ -160,8 +167,10 @@ def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: i
         for group in opt.param_groups:
             group["lr"] = lr * lr_factor(step, steps, 50)
         g = step_generator(1, f"grounding_{arm}", step)
-        out = agent(**data.batch(sampler.sample(batch, g)))
-        loss = out["lm_loss"] if share >= 1 else out["total_loss"]
+        inputs = data.batch(sampler.sample(batch, g))
+        out = agent(**inputs)
+        lm = target.lm_loss(out["logits"], inputs["labels"]) if target else out["lm_loss"]
+        loss = lm if share >= 1 else agent.lm_loss_scale * lm + agent.rec_loss_scale * out["rec_loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -197,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--share", type=float, default=1.0,
                    help="fraction of each batch from the grounding tasks (1: grounding only)")
     p.add_argument("--save", type=Path, default=None, help="resumable checkpoints, one per arm")
+    p.add_argument("--loc-sigma", type=float, default=0.0,
+                   help="Gaussian targets over location bins, this many bins wide (0: plain CE)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     plan = Plan(**json.loads((a.run / "plan.json").read_text()))
     run = Run(a.run, plan)
     log = a.log or a.run / "grounding_arms.jsonl"
     for arm in a.arms.split(","):
-        run_arm(run, arm, a.steps, a.batch, a.lr, a.eval_every, a.n_eval, log, a.share, a.save)
+        run_arm(run, arm, a.steps, a.batch, a.lr, a.eval_every, a.n_eval, log, a.share, a.save, a.loc_sigma)
     return 0
 
 

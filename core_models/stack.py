@@ -37,6 +37,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .checkpoint import (PEFT_PREFIX, DeviceMap, PathLike, SeedXPaths, empty_init,
                          load_into_model)
+from .checkpoint.loading import (QUANTIZATION_SKIP, quantizable_linears,  # noqa: F401 (public)
+                                 quantization_config, quantize_llm, single_device)
 from .config import OFFICIAL_AGENT, OFFICIAL_LLM, SeedXConfig
 from .files import write_json
 
@@ -221,7 +223,9 @@ def load_agent(llm_path: PathLike, agent_path: PathLike, *, input_resampler: Map
                output_resampler: Mapping, dtype: torch.dtype, agent: Mapping | None = None,
                llm: Mapping | None = None, device_map: DeviceMap = None,
                lora_scaling: float = 1.0, attn_implementation: str | None = None,
-               offload_folder: PathLike | None = None, progress: bool | None = None) -> nn.Module:
+               offload_folder: PathLike | None = None, progress: bool | None = None,
+               quantization: Mapping[str, Any] | None = None,
+               staging_device: Any = None) -> nn.Module:
     """``ContinuousLVLM``: the ``llm/`` folder into ``.llm``, then the agent file over it.
 
     The agent file must hold ``input_resampler.*``, ``output_resampler.*`` and
@@ -234,11 +238,17 @@ def load_agent(llm_path: PathLike, agent_path: PathLike, *, input_resampler: Map
       W + lora_scaling * B @ A (`checkpoint.PeftLoraMergedView`; SEED-X trained r = alpha = 32,
       so the scaling is 1.0).
 
-    ``llm`` defaults to the folder's ``config.json``.
+    ``llm`` defaults to the folder's ``config.json``. ``quantization`` (``{"method": "nf4" |
+    "int8"}``): the whole agent is read densely onto ``staging_device`` (default: the target),
+    then `quantize_llm` quantizes the decoder linear layers onto the one target device.
     """
     llm = dict(llm) if llm is not None else llm_config_from_folder(llm_path)
     with empty_init():
         model = build_agent(llm, input_resampler, output_resampler, agent, attn_implementation)
+    target = None
+    if quantization:
+        target = single_device(device_map, f"LLM {llm_path}")
+        device_map = staging_device if staging_device is not None else target
     dmap = ckpt.resolve_device_map(model, device_map, dtype)
     state = model.state_dict(keep_vars=True)
     llm_keys = {k for k in state if k.startswith("llm.")}
@@ -271,6 +281,9 @@ def load_agent(llm_path: PathLike, agent_path: PathLike, *, input_resampler: Map
                     offload_folder=offload_folder, check_complete=False, dispatch=False,
                     progress=progress)
     ckpt.assert_materialised(model, dmap, label)
+    if quantization:
+        quantize_llm(model.llm, quantization, device=target, compute_dtype=dtype)
+        return model.to(target).eval()
     ckpt.dispatch_if_needed(model, dmap, offload_folder)
     return model.eval()
 
@@ -308,6 +321,22 @@ def load_vae(sdxl_dir: PathLike, *, dtype: torch.dtype, vae: Mapping | None = No
     load_into_model(model, ckpt.find_weights(folder, prefer_fp16=dtype == torch.float16) or folder,
                     dtype, device_map, label=f"VAE {folder}", progress=progress)
     return model.eval()
+
+
+def tile_vae(vae: nn.Module, image_size: int) -> nn.Module:
+    """Tiled VAE decoding that takes effect at the model's own resolution.
+
+    diffusers' ``enable_tiling`` only tiles inputs larger than the VAE's ``sample_size``, which
+    for SDXL *is* 1024: at 1024x1024 it would change nothing. Tiles of half the image (with
+    diffusers' 25 % overlap) cut the decoder's full-resolution fp32 activations about four times.
+    """
+    vae.enable_tiling()
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    tile = image_size // 2
+    if tile >= 8 * scale:  # smaller tiles than that only add seams
+        vae.tile_sample_min_size = tile
+        vae.tile_latent_min_size = tile // scale
+    return vae
 
 
 def load_scheduler(sdxl_dir: PathLike | None = None, scheduler: Mapping | None = None):
@@ -377,8 +406,14 @@ class SeedXStack:
     def __init__(self, config: SeedXConfig, tokenizer, vit: nn.Module, agent: nn.Module, *,
                  detokenizer_factory: Callable[[int], nn.Module],
                  vae_factory: Callable[[], nn.Module], scheduler_factory: Callable[[], Any],
-                 variant: str = "seed_x_i", paths: SeedXPaths | None = None):
+                 variant: str = "seed_x_i", paths: SeedXPaths | None = None,
+                 offload: tuple[Any, Any] | None = None, vae_tiling: bool = False):
         self.config = config
+        # (execution, storage): the de-tokenizer stages and the VAE wait on storage and come to
+        # the execution device one stage at a time (`_bring_to_device`)
+        self.offload = offload
+        self.vae_tiling = vae_tiling
+        self._on_device: nn.Module | None = None
         self.tokenizer = tokenizer
         self.vit = vit
         self.agent = agent
@@ -395,6 +430,8 @@ class SeedXStack:
     def vae(self) -> nn.Module:
         if self._vae is None:
             self._vae = self._vae_factory()
+            if self.vae_tiling:
+                tile_vae(self._vae, self.config.image_size)
         return self._vae
 
     def detokenizer(self, stage: int) -> nn.Module:
@@ -406,7 +443,29 @@ class SeedXStack:
             adapter = self._detokenizer_factory(stage)
             adapter.init_pipe(vae=self.vae, scheduler=self._scheduler_factory(), vit=self.vit)
             self._detokenizers[stage] = adapter
-        return self._detokenizers[stage]
+        adapter = self._detokenizers[stage]
+        if self.offload is not None:
+            self._bring_to_device(adapter)
+        return adapter
+
+    def _bring_to_device(self, adapter: nn.Module) -> None:
+        """Model offload, one stage at a time: the stage asked for (and the VAE, which it
+        decodes with) moves to the execution device, the stage there before goes back to storage.
+
+        Moved whole when asked for rather than by accelerate's per-forward hooks
+        (``cpu_offload_with_hook``): the denoising loop places its latents and generator on
+        ``unet.device`` before the UNet's first forward, so a forward hook would move it too late.
+        The stage stays on the device after drawing, so consecutive pictures pay no transfer;
+        the memory estimate counts one offloaded stage as resident for exactly that reason.
+        """
+        execution, storage = self.offload
+        if self._on_device is not adapter:
+            if self._on_device is not None:
+                self._on_device.to(storage)
+            adapter.to(execution)
+            self._on_device = adapter
+        if adapter.vae is not None:
+            adapter.vae.to(execution)
 
     def replace_loader(self, component: str, loader: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         """Build ``component`` with ``loader`` from now on; returns the loader it replaces.
@@ -424,6 +483,7 @@ class SeedXStack:
         else:
             raise ValueError(f"component must be 'detokenizer' or 'vae', got {component!r}")
         self._detokenizers.clear()
+        self._on_device = None
         return previous
 
     @property
@@ -443,7 +503,9 @@ class SeedXStack:
     @classmethod
     def from_config(cls, config: SeedXConfig, tokenizer_dir: PathLike | None = None, seed: int = 0,
                     *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                    variant: str = "seed_x_i") -> "SeedXStack":
+                    variant: str = "seed_x_i", quantization: Mapping[str, Any] | None = None,
+                    offload: tuple[Any, Any] | None = None,
+                    vae_tiling: bool = False) -> "SeedXStack":
         """Random weights of the sizes in ``config`` (the tiny test stack, a Nano before training).
 
         Each component draws from its own seed (``seed``, ``seed+1``, ...) inside a forked RNG, so
@@ -475,6 +537,8 @@ class SeedXStack:
 
         vit = seeded(0, lambda: VisionTransformerWithAttnPool(**config.vit))
         agent = seeded(1, lambda: ContinuousLVLM.from_config(config))
+        if quantization:
+            quantize_llm(agent.llm, quantization, device=device, compute_dtype=dtype)
 
         def detokenizer(stage: int) -> nn.Module:
             adapter_cls = SDXLAdapter if stage == 1 else SDXLAdapterWithLatentImage
@@ -484,7 +548,7 @@ class SeedXStack:
         return cls(config, tokenizer, vit, agent, detokenizer_factory=detokenizer,
                    vae_factory=lambda: seeded(4, lambda: AutoencoderKL.from_config(dict(config.vae))),
                    scheduler_factory=lambda: load_scheduler(scheduler=config.scheduler),
-                   variant=variant)
+                   variant=variant, offload=offload, vae_tiling=vae_tiling)
 
     @classmethod
     def from_pretrained(cls, root_or_paths: PathLike | SeedXPaths | None = None,
@@ -492,6 +556,8 @@ class SeedXStack:
                         device_map: DeviceMap = None, config: SeedXConfig | None = None,
                         offload_folder: PathLike | None = None, lora_scaling: float = 1.0,
                         attn_implementation: str | None = None, progress: bool | None = None,
+                        quantization: Mapping[str, Any] | None = None, staging_device: Any = None,
+                        offload: tuple[Any, Any] | None = None, vae_tiling: bool = False,
                         **path_overrides: PathLike) -> "SeedXStack":
         """Load a variant (``seed_x``, ``seed_x_i``, ``seed_x_edit``) from the release layout.
 
@@ -501,6 +567,9 @@ class SeedXStack:
         ``dtype``: None -> bfloat16 with a log line (`resolve_dtype`). ``device_map``: one device
         for all, ``"auto"``, or a dict by component / module path (`component_device_map`);
         None = torch's default device. ``config``: skip deriving sizes from the files.
+        ``quantization`` / ``staging_device``: the LLM's decoder linear layers quantized
+        (`load_agent`). ``offload=(execution, storage)``: the de-tokenizer stages and the VAE are
+        kept on storage and moved to execution one stage at a time; ``vae_tiling``: `tile_vae`.
 
         Tokenizer, ViT and agent load now; the de-tokenizer stages and the VAE on first use
         (`detokenizer`), each file checked against its own key set.
@@ -529,7 +598,8 @@ class SeedXStack:
                            input_resampler=config.input_resampler,
                            output_resampler=config.output_resampler, agent=config.agent,
                            device_map=component_device_map(device_map, "agent"),
-                           lora_scaling=lora_scaling, attn_implementation=attn_implementation, **common)
+                           lora_scaling=lora_scaling, attn_implementation=attn_implementation,
+                           quantization=quantization, staging_device=staging_device, **common)
 
         def detokenizer(stage: int) -> nn.Module:
             weights = "detokenizer_stage1" if stage == 1 else "detokenizer_stage2"
@@ -548,7 +618,8 @@ class SeedXStack:
             return load_scheduler(paths.sdxl if has_file else None, None if has_file else config.scheduler)
 
         return cls(config, tokenizer, vit, agent, detokenizer_factory=detokenizer,
-                   vae_factory=vae, scheduler_factory=scheduler, variant=variant, paths=paths)
+                   vae_factory=vae, scheduler_factory=scheduler, variant=variant, paths=paths,
+                   offload=offload, vae_tiling=vae_tiling)
 
     # --- saving ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: PathLike, *, variant: str | None = None,

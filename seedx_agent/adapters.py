@@ -41,11 +41,35 @@ ADAPTER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+AGENT_WEIGHTS = "agent.safetensors"          # an adapter's own resampler / patch_pos_embed tensors
+EXTRACTION_REPORT = "extraction_report.json"  # written by ``seedx convert extract-adapters``
+
+
 def adapter_names(root: Path) -> list[str]:
-    """The adapters under ``root/adapters`` (folders with an ``adapter_config.json``)."""
+    """The adapters under ``root/adapters`` (folders with an ``adapter_config.json``; a hidden
+    or ``.new`` / ``.old`` folder is an interrupted extraction's leftover, never an adapter)."""
     folder = Path(root) / ADAPTERS_DIRNAME
     return sorted(p.name for p in folder.iterdir()
-                  if (p / "adapter_config.json").is_file()) if folder.is_dir() else []
+                  if (p / "adapter_config.json").is_file() and not p.name.startswith(".")
+                  and not p.name.endswith((".new", ".old"))) if folder.is_dir() else []
+
+
+def declared_base(root: Path, names: list[str]) -> str | None:
+    """The base variant extracted adapters were computed against (their
+    ``extraction_report.json``), or None when none says (hand-trained adapters, the Nano's).
+    Adapters that disagree about their base are an error: they cannot share one LLM."""
+    bases = {}
+    for name in names:
+        path = Path(root) / ADAPTERS_DIRNAME / name / EXTRACTION_REPORT
+        if path.is_file():
+            try:
+                bases[name] = json.loads(path.read_text())["base"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}: unreadable extraction report ({exc})") from None
+    if len(set(bases.values())) > 1:
+        raise ValueError(f"adapters under {Path(root) / ADAPTERS_DIRNAME} were extracted against "
+                         f"different bases {bases}: they cannot share one LLM")
+    return next(iter(bases.values()), None)
 
 
 def adapter_variant(root: Path, name: str, base: str, grids: tuple[str, ...]) -> Variant:
@@ -76,6 +100,12 @@ class AdapterHost:
         self.loaded: dict[str, str] = {}   # adapter name -> folder
         self.active: str | None = None
         self._peft: Any = None
+        # An extracted adapter's own agent tensors (resamplers, patch_pos_embed: small, kept
+        # resident per adapter) and the base's values of every tensor some adapter replaces;
+        # `_swapped` is the adapter whose tensors are in the agent now.
+        self.agent_weights: dict[str, dict[str, Any]] = {}
+        self._base_agent_weights: dict[str, Any] = {}
+        self._swapped: str | None = None
 
     def load(self, name: str, path: str | Path) -> None:
         import warnings
@@ -90,6 +120,7 @@ class AdapterHost:
             else:
                 self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False)
         self.loaded[name] = str(path)
+        self._load_agent_weights(name, Path(path))
         self.activate(self.active)  # loading never changes which adapter runs
         self.agent.eval()
 
@@ -107,7 +138,48 @@ class AdapterHost:
             return None
         return False
 
+    def _load_agent_weights(self, name: str, folder: Path) -> None:
+        """Keep ``folder/agent.safetensors`` (if any) resident, on each tensor's device and dtype,
+        and the base's values of those tensors, so switching is a copy, not a read."""
+        if not (folder / AGENT_WEIGHTS).is_file():
+            return
+        import torch
+        from safetensors.torch import load_file
+
+        own = dict(self.agent.state_dict(keep_vars=True))
+        loaded = load_file(str(folder / AGENT_WEIGHTS))
+        unknown = sorted(set(loaded) - set(own))
+        mismatched = sorted(k for k in set(loaded) & set(own) if loaded[k].shape != own[k].shape)
+        if unknown or mismatched:
+            raise ValueError(f"{folder / AGENT_WEIGHTS}: tensors the agent does not have "
+                             f"{unknown} or of another shape {mismatched}")
+        with torch.no_grad():
+            if self._swapped is not None:  # record base values from an unswapped agent
+                self._swap_agent_weights(None)
+            for key in loaded:
+                if key not in self._base_agent_weights:
+                    self._base_agent_weights[key] = own[key].detach().clone()
+        self.agent_weights[name] = {k: v.to(device=own[k].device, dtype=own[k].dtype)
+                                    for k, v in loaded.items()}
+
+    def _swap_agent_weights(self, name: str | None) -> None:
+        if name == self._swapped:
+            return
+        import torch
+
+        own = dict(self.agent.state_dict(keep_vars=True))
+        target = self.agent_weights.get(name, {}) if name is not None else {}
+        with torch.no_grad():
+            for key in self.agent_weights.get(self._swapped, {}) if self._swapped else {}:
+                if key not in target:
+                    own[key].copy_(self._base_agent_weights[key])
+            for key, value in target.items():
+                own[key].copy_(value)
+        self._swapped = name if target else None
+
     def activate(self, name: str | None) -> None:
+        if self.agent_weights or self._swapped is not None:
+            self._swap_agent_weights(name)
         if self._peft is None:
             return
         lora = self._peft.base_model

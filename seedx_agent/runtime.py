@@ -96,6 +96,9 @@ class Runtime:
         self.untrained_components: tuple[str, ...] = ()  # set by presets with untrained parts
         self.notice: str | None = None            # what the CLI banner says about this model
         self._weights_fingerprint: str | None = None
+        # what a session runs without asking: the loaded variant, or the one asked for when it
+        # is an adapter on the loaded base (a release tree after extract-adapters)
+        self.default_variant: str = stack.variant
 
     # --- construction -----------------------------------------------------------------------
     @classmethod
@@ -123,10 +126,15 @@ class Runtime:
         placement = Placement.parse(placement if placement is not None else "cpu")
         torch_dtype = _torch_dtype(dtype, placement)
         variants = _variant_registry(variants, load_plugins)
-        device_map = _device_map(placement, root, variant, torch_dtype, config)
-        stack = SeedXStack.from_pretrained(root, variant=variant, dtype=torch_dtype,
+        # adapters extracted from the release (`seedx convert extract-adapters`) ride on the
+        # base they were computed against: load that LLM, never the dense variant they replace
+        from .adapters import declared_base
+        stack_variant = declared_base(root, adapter_names(root)) or variant
+        device_map = _device_map(placement, root, stack_variant, torch_dtype, config)
+        stack = SeedXStack.from_pretrained(root, variant=stack_variant, dtype=torch_dtype,
                                            device_map=device_map, progress=progress, config=config,
-                                           offload_folder=placement.offload_folder)
+                                           offload_folder=placement.offload_folder,
+                                           **_stack_options(placement))
 
         def load_agent(v: Variant) -> Any:
             from core_models.checkpoint import VARIANTS, SeedXPaths
@@ -144,11 +152,15 @@ class Runtime:
             return _load(paths.llm, paths.agent, llm=cfg.llm, input_resampler=cfg.input_resampler,
                          output_resampler=cfg.output_resampler, agent=cfg.agent, dtype=torch_dtype,
                          device_map=component_device_map(device_map, "agent"),
-                         progress=progress)
+                         progress=progress, quantization=placement.quantization,
+                         staging_device=placement.staging_device if placement.quantization
+                         else None)
 
         runtime = cls(stack, name=str(root), placement=placement, variants=variants,
                       residency=residency, agent_loader=load_agent)
         runtime.attach_adapters(root)
+        if variant in runtime.variants:  # e.g. seed_x_i as an adapter on a seed_x base
+            runtime.default_variant = variant
         return runtime
 
     @classmethod
@@ -167,7 +179,10 @@ class Runtime:
         placement = Placement.parse(placement if placement is not None else "cpu")
         stack = SeedXStack.from_config(config, tokenizer_dir=tokenizer_dir, seed=seed,
                                        dtype=_torch_dtype(dtype, placement),
-                                       device=placement.device_for("llm"), variant=variant)
+                                       device=placement.device_for("llm"), variant=variant,
+                                       quantization=placement.quantization,
+                                       offload=_stack_options(placement)["offload"],
+                                       vae_tiling=placement.vae_tiling)
         return cls(stack, name=name, placement=placement,
                    variants=_variant_registry(variants, load_plugins), residency=residency,
                    agent_loader=lambda v: stack.agent, untrained=True)
@@ -179,11 +194,29 @@ class Runtime:
         (`seedx_agent.adapters.adapter_variant`), replacing a same-named one (a released
         ``seed_x_edit`` or ``seed_x_i``). All adapters are loaded onto the one base LLM now;
         ``"base"`` names the base with every adapter disabled. No ``adapters/``: nothing changes.
+
+        Adapters extracted from a release (``seedx convert extract-adapters``) name the base they
+        were computed against; when the stack was loaded on another variant (whose dense LLM an
+        adapter would otherwise be added onto twice), that base's agent is loaded and hosts
+        them, and the dense one is dropped. Loading with ``variant=<base>`` avoids reading the
+        dense variant at all.
         """
+        from .adapters import declared_base
+
         names = adapter_names(Path(root))
         if not names:
             return []
         base = self.stack.variant
+        wanted = declared_base(Path(root), names)
+        if wanted is not None and wanted != base:
+            logger.warning("adapters under %s were extracted against %s, but %s was loaded: "
+                           "loading %s to host them (pass variant=%r to skip the dense load)",
+                           root, wanted, base, wanted, wanted)
+            if self._agent_loader is None:
+                raise RuntimeError(f"adapters need base {wanted!r} and this runtime cannot load it")
+            self.stack.agent = self._agent_loader(self.variants.get(wanted))
+            self._agents = OrderedDict({wanted: self.stack.agent})
+            base = wanted
         self.adapters = AdapterHost(self.stack.agent, base, Path(root))
         grids = tuple(self.config.resolution_grids) or ALL_GRIDS
         self.variants.register(Variant(name=BASE_ALIAS, description=f"the base LLM of the "
@@ -203,7 +236,7 @@ class Runtime:
         """A new session, or (``session_id``) a stored one resumed from ``store``."""
         from .session import Session
 
-        return Session(self, store=store, session_id=session_id, variant=variant or self.stack.variant,
+        return Session(self, store=store, session_id=session_id, variant=variant or self.default_variant,
                        default_skill=default_skill, title=title, **options)
 
     @property
@@ -372,6 +405,18 @@ def _torch_dtype(dtype: Any, placement: Placement):
     return resolve_dtype(dtype) if dtype is not None else placement.torch_dtype()
 
 
+def _stack_options(placement: Placement) -> dict[str, Any]:
+    """What `SeedXStack.from_pretrained` needs of ``placement`` beyond the device map: the
+    LLM's quantization (staged densely in CPU RAM, then quantized layer by layer onto its
+    device), model offload of the de-tokenizer (execution and storage device) and VAE tiling."""
+    offload = None
+    if {"detokenizer", "vae"} & set(placement.offload_components):
+        offload = (placement.device_for("detokenizer"), placement.storage_for("detokenizer"))
+    return dict(quantization=placement.quantization,
+                staging_device=placement.staging_device if placement.quantization else None,
+                offload=offload, vae_tiling=placement.vae_tiling)
+
+
 def _variant_registry(variants: VariantRegistry | None, load_plugins: bool) -> VariantRegistry:
     """The variants of a new runtime: ``variants`` (if given) plus what the ``register_variants``
     hook registers, the hook called exactly once per runtime. Without plugins, and no
@@ -394,6 +439,11 @@ def _device_map(placement: Placement, root: Path, variant: str, dtype: Any, conf
     (accelerate's plan on the meta-built LLM; layers are never split, overflow goes to CPU, then
     disk under ``offload``).
     """
+    if placement.kind in ("cpu", "gpu") and placement.offload_components:
+        # offloaded components load straight into storage; the stack moves them over in use
+        device_map = {"": placement.primary_device}
+        device_map.update({c: placement.storage_for(c) for c in ("vit", "agent", "detokenizer", "vae")})
+        return device_map
     if placement.kind in ("cpu", "gpu"):
         return placement.primary_device
     from accelerate import init_empty_weights

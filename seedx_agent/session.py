@@ -132,7 +132,7 @@ class Session(ContextWindow):
 
     @property
     def variant(self) -> str:
-        return self.record.variant or self.runtime.stack.variant
+        return self.record.variant or self.runtime.default_variant
 
     def turn(self, text: str = "", images: Sequence[Any] = (), options: TurnOptions | None = None,
              *, cancel: threading.Event | None = None,

@@ -11,11 +11,16 @@ package reads in the order a load happens:
 * `keys`: key conventions and the per-file key check;
 * `peft_lora`: a peft LoRA training dump in the agent file, seen as dense weights;
 * `device_maps` and `loading`: streaming a checkpoint into a model built on ``meta``;
-* `writing`: saving safetensors and converting the pickled release, crash-safely.
+* `writing`: saving safetensors and converting the pickled release, crash-safely;
+* `adapter_extraction`: a variant LLM rewritten as a peft adapter on the base LLM.
 
 Everything other modules use is importable from here (``from core_models import checkpoint``).
 """
 
+from .adapter_extraction import (ExtractionCheckFailed, ExtractionReport, PlannedAdapter,
+                                 TensorDecision, compare_streamed_logits, extract_adapter,
+                                 extract_adapters, harmonize, logits_agreement, low_rank_factors,
+                                 plan_adapter, write_adapter)
 from .device_maps import (DeviceMap, device_for, disjoint_device_map, dispatch_if_needed,
                           resolve_device_map)
 from .keys import (QWEN_VISUAL_PREFIX, KeyMap, check_state_dict_keys, identity_key_map,
@@ -54,4 +59,8 @@ __all__ = [
     # writing
     "DEFAULT_MAX_SHARD_SIZE", "convert_to_safetensors", "parse_size", "plan_shards",
     "save_state_dict", "stored_nbytes",
+    # adapter_extraction
+    "ExtractionCheckFailed", "ExtractionReport", "PlannedAdapter", "TensorDecision",
+    "compare_streamed_logits", "extract_adapter", "extract_adapters", "harmonize",
+    "logits_agreement", "low_rank_factors", "plan_adapter", "write_adapter",
 ]

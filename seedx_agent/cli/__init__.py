@@ -6,6 +6,7 @@
     seedx plugins  [--json]
     seedx sessions list | show ID | export ID DEST   [--store DIR]
     seedx convert  SRC DST [--dtype …] [--max-shard-size …] [--qwen-visual]
+    seedx plan     TREE | --official  [--profile 80gb|48gb|24gb] [--max-memory …] [--json]
     seedx eval     …   (empty here: model plugins add their evaluations, e.g. ``seedx eval nano``)
 
 After the group is built, ``register_commands(cli)`` lets every plugin add commands to it (a
@@ -27,7 +28,7 @@ import sys
 import click
 
 from .. import __version__
-from . import chat, convert, plugins, run, serve, sessions, ui
+from . import chat, convert, plan, plugins, run, serve, sessions, ui
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CliError
 
 __all__ = ["cli", "main", "add_plugin_commands", "CliError"]
@@ -71,7 +72,7 @@ def evaluate() -> None:
 
 # the modules keep their names (seedx_agent.cli.run is the module); their commands are added here
 for _command in (chat.chat, run.run, run.smoke, plugins.plugins, sessions.sessions,
-                 convert.convert, serve.serve, ui.ui):
+                 convert.convert, plan.plan, serve.serve, ui.ui):
     cli.add_command(_command)
 
 
@@ -89,8 +90,20 @@ def add_plugin_commands() -> None:
 add_plugin_commands()
 
 
+# Optional quantization backends announce at import what this machine lacks (CUDA kernels, the
+# ``kernels`` package, torch.compile registrations), whether or not anything is quantized:
+# peft and diffusers import them whenever they are installed. The CLI owns its process's
+# logging, so it keeps only their errors; the library itself leaves logging to the application.
+IMPORT_TIME_CHATTER = ("torchao", "bitsandbytes", "torch.utils._pytree",
+                       "diffusers.quantizers.torchao")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``seedx`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
+    import logging
+
+    for name in IMPORT_TIME_CHATTER:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         result = cli.main(args=argv, prog_name="seedx", standalone_mode=False)
     except click.ClickException as exc:

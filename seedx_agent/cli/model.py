@@ -30,7 +30,9 @@ def model_options(command: Callable) -> Callable:
     """``--model`` and ``--placement``, for every command that loads a model."""
     command = click.option(
         "--placement", default=None, metavar="PLAN",
-        help="cpu (default), cuda[:N], split:DEV,DEV, offload[:DEV] or auto")(command)
+        help="cpu (default), cuda[:N], split:DEV,DEV, offload[:DEV], auto, or a memory "
+             "profile (80gb, 48gb, 24gb[@DEV]); add +int8 or +nf4 to quantize the LLM "
+             "(cpu+int8); seedx plan estimates one before loading")(command)
     return click.option(
         "--model", default=None, metavar="NAME|PATH",
         help="a preset (seedx plugins lists them) or a model folder; default: "

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
     from ...runtime import Runtime
     from ...store import SessionStore
 
+SESSION_HEADER = "x-seedx-session-id"
+"""The session a chat turn ran in or POST /v1/sessions made, on the response's headers, so that a
+proxy in front (the Ray Serve session router) learns it without reading the body or stream."""
+
 SERVER_ERRORS = ("store", "model", "plugins", "context")
 """Turn-failure sources that are the server's fault (500); any other is the request's (400)."""
 
@@ -125,6 +129,7 @@ def create_app(runtime: "Runtime", store: "SessionStore",
         if first[0] == "error":
             await task
             return _error(first[1])
+        headers = {SESSION_HEADER: first[1]}
         if not body.stream:
             while first[0] != "done":
                 first = await relay.get()
@@ -132,8 +137,9 @@ def create_app(runtime: "Runtime", store: "SessionStore",
                     await task
                     return _error(first[1])
             await task
-            return JSONResponse(first[1])
-        return StreamingResponse(_sse(relay, task, cancel), media_type="text/event-stream")
+            return JSONResponse(first[1], headers=headers)
+        return StreamingResponse(_sse(relay, task, cancel), media_type="text/event-stream",
+                                 headers=headers)
 
     def _chat(body: ChatCompletionRequest, relay: "_Relay", cancel: threading.Event) -> None:
         try:
@@ -148,7 +154,7 @@ def create_app(runtime: "Runtime", store: "SessionStore",
             with live.use(session_id) as session:
                 if body.session_id is not None:
                     turns = _user_turns(body, _stored(session))
-                relay.put(("ready", None))
+                relay.put(("ready", session.id))
                 timer = threading.Timer(limits.request_timeout_s, cancel.set)
                 timer.start()
                 try:
@@ -275,7 +281,8 @@ def create_app(runtime: "Runtime", store: "SessionStore",
     async def create_session(body: SessionCreate):
         session = await in_thread(lambda: live.create(title=body.title, variant=body.variant,
                                                       skill=body.skill))
-        return _session_json(session.record)
+        return JSONResponse(_session_json(session.record), status_code=201,
+                            headers={SESSION_HEADER: session.id})
 
     @app.get("/v1/sessions")
     async def list_sessions():

@@ -46,6 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from core_models.mllm import default_dtype  # noqa: E402
+
 SECTIONS = ("greedy", "bandwidth", "decode", "detokenizer", "profiles")
 SCENE = ROOT / "examples" / "nano" / "scene.png"
 # Datasheet HBM bandwidth, bytes/s; the measured copy bandwidth is what the ratio uses.
@@ -66,16 +68,6 @@ def timed(device: str, fn: Callable[[], Any]) -> tuple[float, Any]:
     out = fn()
     sync(device)
     return time.perf_counter() - start, out
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:
@@ -224,26 +216,12 @@ def random_llm(config, device: str, dtype: torch.dtype):
 
 
 def to_nf4(model: torch.nn.Module, device: str) -> torch.nn.Module:
-    """The decoder's linear layers as bitsandbytes NF4 (embeddings, lm_head and norms stay
-    bf16, as transformers' ``BitsAndBytesConfig`` leaves them), quantized in place one layer at
-    a time so the bf16 copy is never held twice."""
-    import bitsandbytes as bnb
-    from bitsandbytes.functional import quantize_4bit
+    """The decoder's linear layers as bitsandbytes NF4 through the product's own quantized-load
+    step (`core_models.quantization.quantize_llm`: layer by layer, so the bf16 copy is never
+    held twice; embeddings, lm_head and norms stay bf16)."""
+    from core_models.quantization import quantize_llm
 
-    for layer in model.model.layers:
-        for parent in layer.modules():
-            for child_name, child in list(parent.named_children()):
-                if not isinstance(child, torch.nn.Linear):
-                    continue
-                packed, state = quantize_4bit(child.weight.data, blocksize=64, quant_type="nf4",
-                                              compress_statistics=True)
-                q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
-                                      compute_dtype=child.weight.dtype, quant_type="nf4",
-                                      device="meta")
-                q.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state,
-                                             bnb_quantized=True, quant_type="nf4", module=q)
-                setattr(parent, child_name, q)
-                del child
+    quantize_llm(model, {"method": "nf4"}, device=device, compute_dtype=torch.bfloat16)
     free(device)
     return model
 

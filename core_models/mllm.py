@@ -76,7 +76,7 @@ class ContinuousLVLM(nn.Module):
         llm_config = LlamaConfig(**config.llm)
         if attn_implementation is not None:
             llm_config._attn_implementation = attn_implementation
-        with _default_dtype(dtype):
+        with default_dtype(dtype):
             llm = LlamaForCausalLM(llm_config)
             model = cls(llm, Resampler(**config.input_resampler), Resampler(**config.output_resampler),
                         **config.agent)
@@ -289,7 +289,9 @@ def _zero_touch(module: nn.Module, extra: list[nn.Parameter] = ()) -> torch.Tens
 
 
 @contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype | None):
+def default_dtype(dtype: torch.dtype | None):
+    """Modules built inside get ``dtype`` parameters directly (no fp32 copy to cast from); None
+    leaves torch's default."""
     if dtype is None:
         yield
         return

@@ -37,8 +37,8 @@ from torch import nn
 from . import checkpoint as ckpt
 from .checkpoint import (PEFT_PREFIX, DeviceMap, PathLike, SeedXPaths, empty_init,
                          load_into_model)
-from .checkpoint.loading import (QUANTIZATION_SKIP, quantizable_linears,  # noqa: F401 (public)
-                                 quantization_config, quantize_llm, single_device)
+from .quantization import (QUANTIZATION_SKIP, quantizable_linears,  # noqa: F401 (public)
+                           quantization_config, quantize_llm, single_device)
 from .config import OFFICIAL_AGENT, OFFICIAL_LLM, SeedXConfig
 from .files import write_json
 

@@ -9,7 +9,7 @@ shipped in ``core_models/assets/manifests``.
 What is counted, per device (all in bytes; the printed units are GiB = 2**30):
 
 * **weights** of each component in its planned dtype: ``params x itemsize``. A quantized LLM
-  counts its decoder linear layers (`core_models.stack.quantizable_linears`' selection, by name)
+  counts its decoder linear layers (`core_models.quantization.quantizable_linears`' selection, by name)
   as ``int8``: 1 byte/param + one scale per output row in the compute dtype; ``nf4``: 0.5
   byte/param + one fp32 absmax per block of 64 (0.0625 byte/param; with double quantization an
   8-bit absmax + one fp32 per 256 blocks). Embeddings, ``lm_head`` and norms stay in the dtype.
@@ -54,7 +54,7 @@ NF4_BLOCK = 64
 NF4_DOUBLE_QUANT_BLOCK = 256
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 QUANTIZED_NAME = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight$")
-"""The decoder linear weights quantized (the selection of `core_models.stack.quantizable_linears`,
+"""The decoder linear weights quantized (the selection of `core_models.quantization.quantizable_linears`,
 by name, since no module is built here)."""
 
 OFFICIAL_MANIFESTS = {  # component -> manifest file under core_models/assets/manifests

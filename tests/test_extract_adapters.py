@@ -201,7 +201,7 @@ def test_adapter_has_peft_own_key_format(extracted):
     folder = tree / "adapters" / "seed_x_i"
     config = LoraConfig.from_pretrained(str(folder))
     ours = load_file(str(folder / ax.ADAPTER_WEIGHTS))
-    base = LlamaForCausalLM(ax._llm_config(tree / "seed_x" / "llm"))
+    base = LlamaForCausalLM(ax.llm_config(tree / "seed_x" / "llm"))
     peft_model = get_peft_model(copy.deepcopy(base), config)
     theirs = get_peft_model_state_dict(peft_model, save_embedding_layers=False)
     theirs = {f"base_model.model.{k}" if not k.startswith("base_model.") else k: v

@@ -1,6 +1,6 @@
 """The quantized LLM path on CPU: torchao int8 weight-only through the same loop as NF4.
 
-The NF4 profile needs CUDA for speed, but the code path (`core_models.stack.quantize_llm`: stage
+The NF4 profile needs CUDA for speed, but the code path (`core_models.quantization.quantize_llm`: stage
 dense, quantize each decoder linear onto its device) is one loop for both methods, so int8 on CPU
 exercises it end to end: the tiny preset, a release-layout tree through the streamed loader, and
 the trained Nano with its peft adapters on the quantized base. bitsandbytes >= 0.49 runs NF4 on
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import seedx_agent
-from core_models.stack import QUANTIZATION_SKIP, quantizable_linears
+from core_models.quantization import QUANTIZATION_SKIP, quantizable_linears
 from seedx_agent.placement import Placement
 from seedx_agent.runtime import Runtime
 

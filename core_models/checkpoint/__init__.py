@@ -12,7 +12,8 @@ package reads in the order a load happens:
 * `peft_lora`: a peft LoRA training dump in the agent file, seen as dense weights;
 * `device_maps` and `loading`: streaming a checkpoint into a model built on ``meta``;
 * `writing`: saving safetensors and converting the pickled release, crash-safely;
-* `adapter_extraction`: a variant LLM rewritten as a peft adapter on the base LLM.
+* `adapter_extraction`: a variant LLM rewritten as a peft adapter on the base LLM, and
+  `adapter_check`, its logits check with neither LLM in memory.
 
 Everything other modules use is importable from here (``from core_models import checkpoint``).
 """

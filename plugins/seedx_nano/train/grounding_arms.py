@@ -7,7 +7,10 @@ the shipped LLM on the grounding tasks ("where", "find_all") for the same budget
 * ``plain``: the model as it is, plain cross-entropy;
 * ``slot``: a learned per-slot vector (zero at the start, so both arms start from the same
   model) added to every view's input-resampler output, so a slot's content says which slot it
-  is, the way a pretrained ViT's tokens carry their absolute position.
+  is, the way a pretrained ViT's tokens carry their absolute position;
+* ``sincos``: the same vector, but starting as the 2-D sin-cos code of the slot's grid cell
+  at the tokens' own norm, so the position is readable from the first step (a zero start has
+  to be learned through a model that cannot yet use it).
 
 Each arm is scored every ``--eval-every`` steps with greedy decoding on held-out "Where is …?"
 scenes (mean IoU and its standard error). If ``slot`` learns positions and ``plain`` does not,
@@ -48,6 +51,7 @@ from torch import nn
 from core_models.any_res import image_token_block, process_anyres_image
 from core_models.generation import generate
 from core_models.mllm import ContinuousLVLM
+from core_models.resampler import get_2d_sincos_pos_embed
 
 from .. import metrics, tasks
 from .checkpoint import save_torch
@@ -147,6 +151,18 @@ class MixedSampler:
         return [self.grounding[i] for i in pick_g] + [self.other[i] for i in pick_o]
 
 
+@torch.no_grad()
+def init_sincos(code: SlotCode, agent, data: LLMData) -> None:
+    """``code`` as the 2-D sin-cos table of the resampler's query grid, each row scaled to the
+    mean norm of the resampler's output tokens on a batch of real views."""
+    n, dim = code.code.shape
+    grid = int(round(n ** 0.5))
+    table = get_2d_sincos_pos_embed(dim, grid).float()
+    feats = data.batch(list(range(min(16, len(data)))))["image_embeds"]
+    norm = agent.input_resampler(feats).norm(dim=-1).mean()
+    code.code.copy_(table / table.norm(dim=-1, keepdim=True) * norm)
+
+
 def save_checkpoint(path: Path, modules: dict[str, nn.Module], opt, step: int, points: list) -> None:
     """Weights, optimiser and step, each file written aside and renamed so a kill loses nothing."""
     path.mkdir(parents=True, exist_ok=True)
@@ -180,8 +196,10 @@ def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: i
     agent = trained_agent(run)
     vit = frozen_vit(run)
     modules: dict[str, nn.Module] = dict(agent=agent)
-    if arm == "slot":
+    if arm in ("slot", "sincos"):
         code = SlotCode(agent.input_resampler.num_queries, agent.input_resampler.embed_dim)
+        if arm == "sincos":
+            init_sincos(code, agent, LLMData(run, split))
         agent.input_resampler.register_forward_hook(code.hook)
         modules["slot"] = code
     params = [p for m in modules.values() for p in m.parameters()]

@@ -46,8 +46,6 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core_models.mllm import default_dtype  # noqa: E402
-
 SECTIONS = ("greedy", "bandwidth", "decode", "detokenizer", "profiles")
 SCENE = ROOT / "examples" / "nano" / "scene.png"
 # Datasheet HBM bandwidth, bytes/s; the measured copy bandwidth is what the ratio uses.
@@ -210,6 +208,8 @@ def random_llm(config, device: str, dtype: torch.dtype):
     """SEED-X's LLM shapes with random weights, built directly on ``device`` in ``dtype``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from core_models.mllm import default_dtype
+
     with torch.device(device), default_dtype(dtype):
         model = LlamaForCausalLM(LlamaConfig(**config.llm))
     return model.eval()
@@ -280,6 +280,7 @@ def random_detokenizer(config, device: str, dtype: torch.dtype):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler
 
     from core_models.detokenizer import SDXLAdapter
+    from core_models.mllm import default_dtype
 
     with torch.device(device), default_dtype(dtype):
         adapter = SDXLAdapter.from_config(config, device=device).eval()

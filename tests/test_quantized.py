@@ -111,19 +111,27 @@ def test_nano_int8_agrees_with_fp32(nanos):
     continuation (teacher forced, so one early difference does not count 40 times). Measured:
     100 % on these prompts; the margin asked is 90 %."""
     dense, quantized = nanos
-    tok = dense.tokenizer
     agree = total = 0
     for variant in ("base", "designer"):
-        for prompt in NANO_PROMPTS:
-            ids = torch.tensor([tok.encode(prompt)])
-            a, b = dense.agent(variant).llm, quantized.agent(variant).llm
-            with torch.no_grad():
-                seq = a.generate(ids, max_new_tokens=24, do_sample=False)
-                ref = a(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
-                got = b(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
-            agree += int((ref == got).sum())
-            total += ref.numel()
+        a, t = teacher_forced_agreement(dense, quantized, variant)
+        agree, total = agree + a, total + t
     assert total > 0 and agree / total >= 0.9, f"{agree}/{total}"
+
+
+def teacher_forced_agreement(dense, quantized, variant: str) -> tuple[int, int]:
+    """(agreeing, all) argmax tokens of ``quantized`` along ``dense``'s greedy continuation of
+    each of `NANO_PROMPTS`, for ``variant``."""
+    agree = total = 0
+    a, b = dense.agent(variant).llm, quantized.agent(variant).llm
+    for prompt in NANO_PROMPTS:
+        ids = torch.tensor([dense.tokenizer.encode(prompt)])
+        with torch.no_grad():
+            seq = a.generate(ids, max_new_tokens=24, do_sample=False)
+            ref = a(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
+            got = b(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
+        agree += int((ref == got).sum())
+        total += ref.numel()
+    return agree, total
 
 
 def test_nano_nf4_on_cpu(nanos):
@@ -132,16 +140,7 @@ def test_nano_nf4_on_cpu(nanos):
     dense = nanos[0]
     nf4 = seedx_agent.from_pretrained("nano", placement="cpu+nf4")
     assert_only_linears_quantized(nf4.stack.agent, "nf4")
-    agree = total = 0
-    for prompt in NANO_PROMPTS:
-        ids = torch.tensor([dense.tokenizer.encode(prompt)])
-        a, b = dense.agent("base").llm, nf4.agent("base").llm
-        with torch.no_grad():
-            seq = a.generate(ids, max_new_tokens=24, do_sample=False)
-            ref = a(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
-            got = b(seq).logits[0, ids.shape[1] - 1:-1].argmax(-1)
-        agree += int((ref == got).sum())
-        total += ref.numel()
+    agree, total = teacher_forced_agreement(dense, nf4, "base")
     assert agree / total >= 0.75, f"{agree}/{total}"
     assert not nf4.open_session(variant="designer").ask("a poster", max_new_tokens=4).errors
 

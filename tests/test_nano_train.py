@@ -269,3 +269,76 @@ def test_warm_start_from_an_export_takes_its_finished_stages(smoke_run, tmp_path
             assert torch.equal(state[key], value), (stage, key)
     with pytest.raises(WarmStartError, match="neither a run directory"):
         warm_start(run, tmp_path)
+
+
+# --- the de-tokenizer's objective (docs/nano.md, "Edits") ----------------------------------------
+
+class _Copier:
+    """A stand-in adapter whose UNet predicts exactly what "the picture is the source" implies,
+    for either prediction type: the loss is zero where the target really is the source."""
+
+    def __init__(self, ac, sf, kind):
+        self.ac, self.sf, self.kind = ac, sf, kind
+        self.resampler = lambda feats: (feats, feats.mean(dim=1))
+        self.seen_feats = []
+
+    def unet(self, sample, t, encoder_hidden_states, added_cond_kwargs):
+        from types import SimpleNamespace
+
+        self.seen_feats.append(encoder_hidden_states)
+        x_t, src = sample[:, :4], sample[:, 4:]
+        a = self.ac[t].view(-1, 1, 1, 1)
+        x0 = src * self.sf
+        eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        out = eps if self.kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        return SimpleNamespace(sample=out)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_identity_pairs_teach_the_copy_for_either_prediction_type(kind):
+    from seedx_nano.train.detokenizer import _alphas_cumprod, detok_loss
+
+    cfg = nano_config(scaling_factor=0.5)
+    cfg.scheduler["prediction_type"] = kind
+    ac = _alphas_cumprod(cfg)
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(8, 4, 16, 16, generator=g) * 2
+    edited = torch.randn(8, 4, 16, 16, generator=g)  # targets that are not the source
+    feats, negative = torch.randn(8, 16, 128, generator=g), torch.zeros(1, 16, 128)
+    copier = _Copier(ac, 0.5, kind)
+
+    def loss(identity, seed=1):
+        return detok_loss(copier, cfg, ac, edited, feats, negative, torch.Generator().manual_seed(seed),
+                          0.0, source=source, identity=identity)["loss"].item()
+
+    assert loss(1.0) < 1e-8  # every row "negative features + source -> the source"
+    assert copier.seen_feats[-1].abs().sum() == 0  # ... conditioned on the CFG negative
+    assert loss(0.0) > 0.05  # real edit targets are not a copy
+    half = loss(0.5)
+    assert 0 < half < loss(0.0)
+    assert torch.equal(copier.seen_feats[-1][4:], feats[4:])  # the rest keep their features
+
+
+def test_the_export_says_what_the_unet_predicts(smoke_run):
+    out, _ = smoke_run
+    config = json.loads((out / "export" / "stable-diffusion-xl-base-1.0" / "scheduler"
+                         / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    assert json.loads((out / "stages" / "detok2" / "done.json").read_text())["definition"] == {
+        "prediction_type": "v_prediction", "identity": 0.15, "conv_in_lr": 10.0}
+
+
+def test_stage_2_refuses_a_stage_1_that_predicts_something_else(smoke_run, tmp_path):
+    src, _ = smoke_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("export"))
+    shutil.rmtree(out / "stages" / "detok2")
+    done = json.loads((out / "stages" / "detok1" / "done.json").read_text())
+    done["definition"] = {"prediction_type": "epsilon"}
+    (out / "stages" / "detok1" / "done.json").write_text(json.dumps(done))
+    with pytest.raises(CheckpointError, match="share one scheduler"):
+        train("--out", str(out), "--smoke", "--stages", "detok2", "--no-export")
+    # the same stage 1 under its own prediction type is fine
+    status, log = train("--out", str(out), "--smoke", "--stages", "detok2", "--no-export",
+                        "--detok-prediction", "epsilon")
+    assert status == 0, log

@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
                              "cross-entropy)")
     parser.add_argument("--loc-ordered-init", dest="loc_ordered_init", action="store_true",
                         default=None, help="LLM: location-token embeddings start in bin order")
+    parser.add_argument("--detok-prediction", choices=("v_prediction", "epsilon"), default=None,
+                        help="what the de-tokenizer's UNet predicts (default v_prediction)")
+    parser.add_argument("--detok2-identity", type=float, default=None, metavar="F",
+                        help="stage 2: share of 'no features -> the source' pairs (default 0.15)")
+    parser.add_argument("--detok2-conv-in-lr", type=float, default=None, metavar="X",
+                        help="stage 2: lr multiplier of conv_in (default 10)")
     parser.add_argument("--parallel", dest="parallel", action="store_true", default=None)
     parser.add_argument("--no-parallel", dest="parallel", action="store_false")
     parser.add_argument("--no-export", action="store_true", help="skip the export stage")
@@ -70,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         cast = float if name in ("minutes", "lr") else int
         getattr(plan, name).update(parse_stage_values(getattr(args, name), cast))
     for name in ("seed", "threads", "n_scenes", "n_examples", "n_pairs", "n_eval", "eval_samples",
-                 "ckpt_every", "log_every", "parallel", "loc_sigma", "loc_ordered_init"):
+                 "ckpt_every", "log_every", "parallel", "loc_sigma", "loc_ordered_init",
+                 "detok_prediction", "detok2_identity", "detok2_conv_in_lr"):
         value = getattr(args, name)
         if value is not None:
             setattr(plan, name, value)

@@ -28,7 +28,7 @@ from core_models.stack import build_unet, load_scheduler
 
 from .. import tasks
 from ..analyser import analyse
-from .checkpoint import load_data, load_stage_modules
+from .checkpoint import CheckpointError, load_data, load_stage_modules
 from .loop import finish_stage, train_loop
 from .pixels import clip_normalise, grid, psnr, to_uint8, vae_normalise
 from .run import Run
@@ -54,13 +54,24 @@ def _time_ids(cfg: SeedXConfig, b: int) -> torch.Tensor:
     return torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32).repeat(b, 1)
 
 
-def detok_loss(adapter, cfg, ac, x0, feats, negative, g, p_uncond, source=None) -> dict:
-    """Epsilon-prediction loss at a uniform timestep, SDXL-style conditioning, CFG dropout.
+def detok_loss(adapter, cfg, ac, x0, feats, negative, g, p_uncond, source=None,
+               identity: float = 0.0) -> dict:
+    """The de-tokenizer's diffusion loss at a uniform timestep, SDXL-style conditioning, CFG
+    dropout; the UNet predicts what ``cfg.scheduler["prediction_type"]`` says (eps or v).
 
     ``source`` (stage 2): the condition latents (``latent_dist.mode()``, unscaled, the IP2P
     convention ``encode_source_image`` uses), dropped to zeros independently of the features.
+    ``identity``: that share of the batch becomes "the CFG negative and the source -> the
+    source" pairs, which is what the image-only guidance branch should give and which teaches
+    the copy that edits stand on.
     """
     b = x0.shape[0]
+    n_id = int(round(identity * b)) if source is not None else 0
+    if n_id:
+        sf = float(cfg.vae["scaling_factor"])
+        x0, feats = x0.clone(), feats.clone()
+        x0[:n_id] = source[:n_id] * sf
+        feats[:n_id] = negative
     drop = torch.rand(b, generator=g) < p_uncond
     feats = torch.where(drop[:, None, None], negative.expand(b, -1, -1), feats)
     t = torch.randint(0, ac.numel(), (b,), generator=g)
@@ -69,12 +80,34 @@ def detok_loss(adapter, cfg, ac, x0, feats, negative, g, p_uncond, source=None) 
     sample = a.sqrt() * x0 + (1 - a).sqrt() * noise
     if source is not None:
         drop_src = torch.rand(b, generator=g) < p_uncond
+        drop_src[:n_id] = False
         source = torch.where(drop_src[:, None, None, None], torch.zeros_like(source), source)
         sample = torch.cat([sample, source], dim=1)
     prompt_embeds, pooled = adapter.resampler(feats)
-    eps = adapter.unet(sample, t, encoder_hidden_states=prompt_embeds,
+    out = adapter.unet(sample, t, encoder_hidden_states=prompt_embeds,
                        added_cond_kwargs={"text_embeds": pooled, "time_ids": _time_ids(cfg, b)}).sample
-    return dict(loss=F.mse_loss(eps, noise))
+    kind = cfg.scheduler.get("prediction_type", "epsilon")
+    if kind == "epsilon":
+        target = noise
+    elif kind == "v_prediction":
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0
+    else:
+        raise ValueError(f"prediction_type {kind!r}: the Nano trains 'epsilon' or 'v_prediction'")
+    return dict(loss=F.mse_loss(out, target))
+
+
+def _definition(run: Run, stage: int) -> dict:
+    """What a de-tokenizer checkpoint must have been trained under to be resumed."""
+    plan = run.plan
+    out = {"prediction_type": plan.detok_prediction}
+    if stage == 2:
+        out.update(identity=float(plan.detok2_identity), conv_in_lr=float(plan.detok2_conv_in_lr))
+    return out
+
+
+# De-tokenizer checkpoints of versions that recorded no definition (SDXL's eps, no identity pairs).
+EARLIER_DETOK_DEFINITION = {1: {"prediction_type": "epsilon"},
+                            2: {"prediction_type": "epsilon", "identity": 0.0, "conv_in_lr": 1.0}}
 
 
 def _attach_pipe(run: Run, adapter) -> None:
@@ -146,7 +179,8 @@ def stage_detok1(run: Run) -> dict:
         return detok_loss(adapter, cfg, ac, latents[idx], feats[idx].float(), negative, g, plan.p_uncond)
 
     params = [p for p in adapter.parameters() if p.requires_grad]
-    result = train_loop(run, "detok1", dict(adapter=adapter), params, step_fn, items_per_step=b)
+    result = train_loop(run, "detok1", dict(adapter=adapter), params, step_fn, items_per_step=b,
+                        definition=_definition(run, 1), earlier_definition=EARLIER_DETOK_DEFINITION[1])
     return finish_stage(run, "detok1", result, adapter, "adapter.fp16.safetensors",
                         lambda: detok1_eval(run, adapter))
 
@@ -180,6 +214,12 @@ def detok2_eval(run: Run, adapter) -> dict:
 def stage_detok2(run: Run) -> dict:
     plan, cfg = run.plan, run.config()
     adapter = build_adapter(cfg, plan.seed, 2)
+    made_with = (run.done("detok1") or {}).get("definition") or EARLIER_DETOK_DEFINITION[1]
+    if made_with.get("prediction_type", "epsilon") != plan.detok_prediction:
+        raise CheckpointError(f"stage detok1 was trained to predict {made_with['prediction_type']!r} "
+                              f"and stage 2 would predict {plan.detok_prediction!r}; they share one "
+                              "scheduler: train detok1 again (delete its folder) or give "
+                              f"--detok-prediction {made_with['prediction_type']}")
     # Initialise from stage 1: every weight, conv_in widened with zeros on the 4 new channels.
     stage1 = load_stage_modules(run, "detok1")["adapter"]
     w = stage1["unet.conv_in.weight"]
@@ -196,10 +236,14 @@ def stage_detok2(run: Run) -> dict:
     def step_fn(step: int, g: torch.Generator) -> dict:
         idx = torch.randint(0, n, (b,), generator=g)
         return detok_loss(adapter, cfg, ac, targets[idx], feats[idx].float(), negative, g,
-                          plan.p_uncond, source=sources[idx])
+                          plan.p_uncond, source=sources[idx], identity=plan.detok2_identity)
 
-    params = [p for p in adapter.parameters() if p.requires_grad]
-    result = train_loop(run, "detok2", dict(adapter=adapter), params, step_fn, items_per_step=b)
+    # conv_in's source channels start at zero: a larger step there lets the copy start sooner
+    conv_in = [p for n, p in adapter.named_parameters() if n.startswith("unet.conv_in") and p.requires_grad]
+    rest = [p for n, p in adapter.named_parameters() if not n.startswith("unet.conv_in") and p.requires_grad]
+    groups = [dict(params=rest), dict(params=conv_in, lr_mult=plan.detok2_conv_in_lr)]
+    result = train_loop(run, "detok2", dict(adapter=adapter), groups, step_fn, items_per_step=b,
+                        definition=_definition(run, 2), earlier_definition=EARLIER_DETOK_DEFINITION[2])
     return finish_stage(run, "detok2", result, adapter, "adapter.fp16.safetensors",
                         lambda: detok2_eval(run, adapter))
 

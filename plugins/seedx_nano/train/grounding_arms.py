@@ -96,6 +96,35 @@ def fresh_grounding_split(run: Run, n: int, chunk: int = 2000) -> str:
     return split
 
 
+class SlotProbe(nn.Module):
+    """A training-only read-out: from the LLM's hidden state at each image slot after
+    ``layer`` decoder layers, the slot's own cell of the resampler grid (row, column in [0, 1]).
+
+    Its loss makes the LLM compute *where* a slot is (from RoPE offsets to the block's opening
+    tag) into the slot's content, where attention can return it; the release layout keeps no new
+    parameter, since the probe is dropped after training.
+    """
+
+    def __init__(self, hidden: int, num_queries: int, layer: int = 1):
+        super().__init__()
+        self.head = nn.Linear(hidden, 2)
+        self.grid = int(round(num_queries ** 0.5))
+        self.layer = layer
+        self.captured: torch.Tensor | None = None
+
+    def attach(self, agent) -> None:
+        def keep(module, args, output):
+            self.captured = output[0] if isinstance(output, tuple) else output
+        agent.llm.get_decoder().layers[self.layer].register_forward_hook(keep)
+
+    def loss(self, ids_cmp_mask: torch.Tensor) -> torch.Tensor:
+        h = self.captured[ids_cmp_mask]  # slots in row-major (batch, position) order
+        q = self.grid * self.grid
+        j = torch.arange(h.shape[0], device=h.device) % q
+        target = torch.stack([j // self.grid, j % self.grid], dim=1).to(h.dtype) / (self.grid - 1)
+        return torch.nn.functional.mse_loss(self.head(h), target)
+
+
 class SlotCode(nn.Module):
     """One learned vector per resampler slot, added to each view's resampled tokens."""
 
@@ -191,7 +220,7 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], opt) -> tuple[int
 
 def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: int, n_eval: int,
             log: Path, share: float = 1.0, save: Path | None = None,
-            loc_sigma: float = 0.0, split: str = "train") -> list[dict]:
+            loc_sigma: float = 0.0, split: str = "train", aux_weight: float = 1.0) -> list[dict]:
     torch.manual_seed(0)
     agent = trained_agent(run)
     vit = frozen_vit(run)
@@ -202,6 +231,12 @@ def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: i
             init_sincos(code, agent, LLMData(run, split))
         agent.input_resampler.register_forward_hook(code.hook)
         modules["slot"] = code
+    probe = None
+    if arm.startswith("aux"):  # aux, or aux<L>: the probe after decoder layer L (default 1)
+        probe = SlotProbe(agent.llm.config.hidden_size, agent.input_resampler.num_queries,
+                          int(arm[3:] or 1))
+        probe.attach(agent)
+        modules["probe"] = probe
     params = [p for m in modules.values() for p in m.parameters()]
     data = LLMData(run, split)
     sampler = MixedSampler(data, share)
@@ -229,6 +264,9 @@ def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: i
         out = agent(**inputs)
         lm = target.lm_loss(out["logits"], inputs["labels"]) if target else out["lm_loss"]
         loss = lm if share >= 1 else agent.lm_loss_scale * lm + agent.rec_loss_scale * out["rec_loss"]
+        aux = probe.loss(inputs["ids_cmp_mask"]) if probe is not None else None
+        if aux is not None:
+            loss = loss + aux_weight * aux
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -236,7 +274,8 @@ def run_arm(run: Run, arm: str, steps: int, batch: int, lr: float, eval_every: i
         done = step + 1
         if done % 25 == 0:
             say(name, f"step {done}/{steps} lm {out['lm_loss'].item():.4f} "
-                      f"rec {out['rec_loss'].item():.4f} {(done - start) / (time.time() - t0):.2f} it/s")
+                      f"rec {out['rec_loss'].item():.4f} "
+                      + (f"aux {aux.item():.4f} " if aux is not None else "") + f"{(done - start) / (time.time() - t0):.2f} it/s")
         if done % eval_every == 0 or done == steps:
             points.append(dict(arm=name, step=done, **where_miou(run, agent, vit, n_eval)))
             say(name, json.dumps(points[-1]))
@@ -268,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Gaussian targets over location bins, this many bins wide (0: plain CE)")
     p.add_argument("--fresh", type=int, default=0,
                    help="train on this many never-seen grounding examples (0: the run's own)")
+    p.add_argument("--aux-weight", type=float, default=1.0,
+                   help="weight of the slot-position probe's loss in the aux arms")
     p.add_argument("--prepare-only", action="store_true", help="make the --fresh split and stop")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -278,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.prepare_only:
         return 0
     for arm in a.arms.split(","):
-        run_arm(run, arm, a.steps, a.batch, a.lr, a.eval_every, a.n_eval, log, a.share, a.save, a.loc_sigma, split)
+        run_arm(run, arm, a.steps, a.batch, a.lr, a.eval_every, a.n_eval, log, a.share, a.save, a.loc_sigma, split,
+                a.aux_weight)
     return 0
 
 

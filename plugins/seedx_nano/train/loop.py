@@ -72,7 +72,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 1.0 - 0.9 * (step - decay_start) / max(1, total - decay_start)
 
 
-def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list[nn.Parameter],
+def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list,
                step_fn: Callable[[int, torch.Generator], dict[str, float]], *,
                steps_key: str | None = None, items_per_step: int = 1,
                definition: dict | None = None, earlier_definition: dict | None = None) -> dict:
@@ -93,6 +93,7 @@ def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list
     total, minutes = plan.steps[key], plan.minutes[key]
     ckpt_path = run.stage_dir(stage) / "ckpt.pt"
     optimizer = torch.optim.AdamW(params, lr=plan.lr[key], betas=(0.9, 0.99), weight_decay=0.0)
+    clipped = [p for group in optimizer.param_groups for p in group["params"]]
     step, elapsed, history = 0, 0.0, []
     if ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
@@ -128,12 +129,12 @@ def train_loop(run: Run, stage: str, modules: dict[str, nn.Module], params: list
             break
         t = time.time()
         for group in optimizer.param_groups:
-            group["lr"] = plan.lr[key] * lr_factor(step, total, plan.warmup)
+            group["lr"] = plan.lr[key] * group.get("lr_mult", 1.0) * lr_factor(step, total, plan.warmup)
         losses = step_fn(step, step_generator(plan.seed, stage, step))
         loss = losses.pop("loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(clipped, 1.0)
         optimizer.step()
         step += 1
         run_steps += 1

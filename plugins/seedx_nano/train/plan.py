@@ -41,6 +41,12 @@ class Plan:
     loc_sigma: float = 0.0
     loc_ordered_init: bool = False
     p_uncond: float = 0.1          # classifier-free dropout of the de-tokenizer conditioning
+    # what the de-tokenizer's UNet predicts (the exported scheduler's prediction_type): with
+    # "v_prediction" the output at high noise is about -x0, so stage 2 can carry the source
+    # through directly (docs/nano.md, "Edits"); "epsilon" is SDXL's own
+    detok_prediction: str = "v_prediction"
+    detok2_identity: float = 0.15  # share of stage-2 batches that are "no features -> the source"
+    detok2_conv_in_lr: float = 10.0  # lr multiplier of conv_in, whose source channels start at 0
     eval_samples: int = 32         # pictures sampled per de-tokenizer evaluation
     sample_steps: int = 20         # Euler steps when sampling for evaluation
     guidance: float = 3.0

@@ -71,5 +71,7 @@ class Run:
         """The Nano config of this run: the trained tokenizer's size, and the VAE's measured
         latent scale once stage ``vae`` is done."""
         vae = self.done("vae")
-        return nano_config(scaling_factor=vae["scaling_factor"] if vae else None,
-                           vocab_size=len(self.tokenizer()))
+        cfg = nano_config(scaling_factor=vae["scaling_factor"] if vae else None,
+                          vocab_size=len(self.tokenizer()))
+        cfg.scheduler["prediction_type"] = self.plan.detok_prediction
+        return cfg

@@ -83,6 +83,10 @@ def _from_export(run: Run, source: Path) -> list[str]:
         name = EXPORT_STAGES[stage]
         save_fp16(parts[stage]().state_dict(), run.stage_dir(stage) / f"{name}.fp16.safetensors")
         done = dict(manifest.get("metrics", {}).get(stage, {}), warm_started_from=str(source))
+        if stage.startswith("detok") and "definition" not in done:
+            # what the UNet predicts is in the export's scheduler config; the other stage-2
+            # settings only matter for resuming, and an export has no checkpoint to resume
+            done["definition"] = {"prediction_type": stack.config.scheduler.get("prediction_type", "epsilon")}
         run.mark_done(stage, done)
         say("warm-start", f"{stage}: finished stage taken from the export {source}")
     return wanted

@@ -342,3 +342,52 @@ def test_stage_2_refuses_a_stage_1_that_predicts_something_else(smoke_run, tmp_p
     status, log = train("--out", str(out), "--smoke", "--stages", "detok2", "--no-export",
                         "--detok-prediction", "epsilon")
     assert status == 0, log
+
+
+def test_cell_boxes_give_each_covered_cell_its_objects_box():
+    from seedx_nano.train.data import cell_boxes
+
+    label = np.zeros((64, 64), np.uint8)
+    label[8:24, 16:40] = 1   # covers cells (rows 1-2, columns 2-4) fully
+    label[60:64, 0:8] = 2    # covers a quarter of cell (7, 0): exactly min_cover
+    label[0:1, 56:64] = 3    # an eighth of cell (0, 7): too little
+    box = cell_boxes(label, 3)
+    assert box.shape == (64, 4)
+    one = [r * 8 + c for r in (1, 2) for c in (2, 3, 4)]
+    assert np.allclose(box[one], [16 / 64, 8 / 64, 40 / 64, 24 / 64])
+    assert np.allclose(box[7 * 8 + 0], [0, 60 / 64, 8 / 64, 1])
+    rest = [i for i in range(64) if i not in one and i != 56]
+    assert (box[rest] == -1).all()
+
+
+def test_the_global_views_cell_boxes_are_the_grounding_answer():
+    """Squeezing the picture to the square global view keeps normalised coordinates, so the
+    box a token reads out there is the object's box in the picture (what grounding answers)."""
+    import random
+
+    from seedx_nano import world
+    from seedx_nano.train.data import anyres_views_with_labels
+
+    cfg = nano_config()
+    for seed in range(4):
+        scene = world.random_scene(random.Random(f"test-boxes/{seed}"))
+        *_, (_, colour, _, box) = anyres_views_with_labels(scene, cfg, boxes=True)
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.bbox
+            truth = np.array([x0 / scene.width, y0 / scene.height, x1 / scene.width, y1 / scene.height])
+            found = [b for b in box if b[0] >= 0 and np.abs(b - truth).max() < 2.5 / 64]
+            assert found, (seed, obj, truth, box[box[:, 0] >= 0])
+
+
+def test_the_vit_box_read_out_trains_only_when_asked(tmp_path):
+    status, log = train("--out", str(tmp_path), "--smoke", "--stages", "data,vit", "--no-export",
+                        "--vit-box-weight", "1")
+    assert status == 0, log
+    probe = json.loads((tmp_path / "stages" / "vit" / "done.json").read_text())["probe_heldout"]
+    assert 0 < probe["cell_box_bins"] < 224 and 0 < probe["down_box_bins"] < 224
+    assert (tmp_path / "data" / "scenes_train_boxes.pt").is_file()
+    plain = tmp_path / "plain"
+    shutil.copytree(tmp_path / "data", plain / "data")
+    status, log = train("--out", str(plain), "--smoke", "--stages", "vit", "--no-export")
+    assert status == 0, log
+    assert "cell_box_bins" not in json.loads((plain / "stages" / "vit" / "done.json").read_text())["probe_heldout"]

@@ -51,27 +51,50 @@ def scene_label_map(scene) -> np.ndarray:
     return label
 
 
-def cell_targets(label_view: np.ndarray, objects, grid: int = 8, min_cover: float = 0.25):
-    """Per cell of a ``grid x grid`` split of one view: colour (0 = none, 1..6) and shape
-    (0 = none, 1..3) of the object covering most of the cell (when it covers >= min_cover)."""
+def _covering(label_view: np.ndarray, n_objects: int, grid: int, min_cover: float):
+    """Per cell: the label of the object covering most of it, 0 where none covers min_cover."""
     r = label_view.shape[0]
     c = r // grid
     cells = label_view.reshape(grid, c, grid, c).transpose(0, 2, 1, 3).reshape(grid * grid, c * c)
-    counts = np.stack([(cells == k).sum(1) for k in range(len(objects) + 1)], 1)
+    counts = np.stack([(cells == k).sum(1) for k in range(n_objects + 1)], 1)
     counts[:, 0] = 0
     best = counts.argmax(1)
-    covered = counts.max(1) >= min_cover * c * c
+    best[counts.max(1) < min_cover * c * c] = 0
+    return best
+
+
+def cell_targets(label_view: np.ndarray, objects, grid: int = 8, min_cover: float = 0.25):
+    """Per cell of a ``grid x grid`` split of one view: colour (0 = none, 1..6) and shape
+    (0 = none, 1..3) of the object covering most of the cell (when it covers >= min_cover)."""
+    best = _covering(label_view, len(objects), grid, min_cover)
     colour = np.zeros(grid * grid, np.int8)
     shape = np.zeros(grid * grid, np.int8)
-    for i in np.where(covered)[0]:
+    for i in np.where(best > 0)[0]:
         obj = objects[best[i] - 1]
         colour[i] = 1 + COLOUR_NAMES.index(obj.colour)
         shape[i] = 1 + SHAPE_NAMES.index(obj.shape)
     return colour, shape
 
 
-def anyres_views_with_labels(scene, cfg: SeedXConfig):
-    """Any-res views of a rendered scene (uint8), with per-cell labels cut the same way."""
+def cell_boxes(label_view: np.ndarray, n_objects: int, grid: int = 8, min_cover: float = 0.25):
+    """(grid * grid, 4) float32: the box (x0, y0, x1, y1, in [0, 1] of the view) of what is
+    visible in this view of the object covering each cell, -1 where no object covers it.
+
+    On the global view this is the object's box in the picture's own normalised coordinates
+    (the squeeze to a square keeps them), i.e. the grounding answer, as content of the token.
+    """
+    r = label_view.shape[0]
+    best = _covering(label_view, n_objects, grid, min_cover)
+    box = np.full((grid * grid, 4), -1.0, np.float32)
+    for k in set(best.tolist()) - {0}:
+        ys, xs = np.nonzero(label_view == k)
+        box[best == k] = (xs.min() / r, ys.min() / r, (xs.max() + 1) / r, (ys.max() + 1) / r)
+    return box
+
+
+def anyres_views_with_labels(scene, cfg: SeedXConfig, boxes: bool = False):
+    """Any-res views of a rendered scene (uint8), with per-cell labels cut the same way
+    (colour, shape, and with ``boxes`` the covering object's box: `cell_boxes`)."""
     image = scene.render()
     ar = process_anyres_image(image, cfg.resolution_grids, cfg.base_resolution)
     label = Image.fromarray(scene_label_map(scene))
@@ -82,9 +105,39 @@ def anyres_views_with_labels(scene, cfg: SeedXConfig):
     label_views.append(label.resize((r, r), Image.Resampling.NEAREST))
     out = []
     for view, lab in zip(ar.views, label_views):
-        colour, shape = cell_targets(np.asarray(lab), scene.objects)
-        out.append((to_uint8(view), colour, shape))
+        lab = np.asarray(lab)
+        colour, shape = cell_targets(lab, scene.objects)
+        item = (to_uint8(view), colour, shape)
+        out.append(item + (cell_boxes(lab, len(scene.objects)),) if boxes else item)
     return out
+
+
+def scene_seeds(plan, split: str) -> tuple[int, int]:
+    """(first seed, count) of the scene views of ``split`` ("train" / "eval")."""
+    if split == "train":
+        return plan.seed * 10**7, plan.n_scenes
+    return tasks.EVAL_SEED_BASE + plan.seed * 10**7, plan.n_eval
+
+
+def render_scene(split: str, index: int):
+    return world.random_scene(random.Random(f"nano-scene/{split}/{index}"))
+
+
+def scene_boxes(run: Run, split: str) -> torch.Tensor:
+    """(views, 64, 4) `cell_boxes` of every view of ``scenes_{split}.pt``, in the same order.
+
+    A file of its own (``scenes_{split}_boxes.pt``, made on first use from the same seeds) so the
+    scene files of runs made before it stay valid.
+    """
+    path = run.data_dir / f"scenes_{split}_boxes.pt"
+    if path.is_file():
+        return load_data(path)["box"]
+    base, n = scene_seeds(run.plan, split)
+    cfg = run.config()
+    boxes = [torch.from_numpy(item[3]) for i in range(n)
+             for item in anyres_views_with_labels(render_scene(split, base + i), cfg, boxes=True)]
+    save_torch(dict(box=torch.stack(boxes).half()), path)
+    return load_data(path)["box"]
 
 
 def example_record(ex, tok, cfg: SeedXConfig) -> dict:
@@ -194,7 +247,7 @@ def stage_data(run: Run) -> dict:
     def scenes(base: int, n: int, split: str) -> dict:
         views, colours, shapes, is_global = [], [], [], []
         for i in range(n):
-            scene = world.random_scene(random.Random(f"nano-scene/{split}/{base + i}"))
+            scene = render_scene(split, base + i)
             items = anyres_views_with_labels(scene, cfg)
             for j, (u8, colour, shape) in enumerate(items):
                 views.append(u8)
@@ -205,11 +258,10 @@ def stage_data(run: Run) -> dict:
                     shape=torch.stack(shapes), is_global=torch.tensor(is_global))
 
     seed = plan.seed
-    for split, base, n in (("train", seed * 10**7, plan.n_scenes),
-                           ("eval", tasks.EVAL_SEED_BASE + seed * 10**7, plan.n_eval)):
+    for split in ("train", "eval"):
         path = d / f"scenes_{split}.pt"
         if not path.is_file():
-            save_torch(scenes(base, n, split), path)
+            save_torch(scenes(*scene_seeds(plan, split), split), path)
     say("data", f"scenes rendered ({time.time() - t0:.0f}s)")
 
     # 2. task examples (LLM; answer/condition images feed the de-tokenizers)

@@ -55,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
                         default=None, help="LLM: location-token embeddings start in bin order")
     parser.add_argument("--vit-box-weight", type=float, default=None, metavar="W",
                         help="ViT: weight of the per-cell object-box read-out (0: off)")
-    parser.add_argument("--vit-box-global", dest="vit_box_global", action="store_true", default=None,
-                        help="ViT: the box read-out on the global view only")
     parser.add_argument("--detok-prediction", choices=("v_prediction", "epsilon"), default=None,
                         help="what the de-tokenizer's UNet predicts (default v_prediction)")
     parser.add_argument("--detok2-identity", type=float, default=None, metavar="F",
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         getattr(plan, name).update(parse_stage_values(getattr(args, name), cast))
     for name in ("seed", "threads", "n_scenes", "n_examples", "n_pairs", "n_eval", "eval_samples",
                  "ckpt_every", "log_every", "parallel", "loc_sigma", "loc_ordered_init",
-                 "vit_box_weight", "vit_box_global", "detok_prediction", "detok2_identity", "detok2_conv_in_lr"):
+                 "vit_box_weight", "detok_prediction", "detok2_identity", "detok2_conv_in_lr"):
         value = getattr(args, name)
         if value is not None:
             setattr(plan, name, value)

@@ -45,7 +45,6 @@ class Plan:
     # "v_prediction" the output at high noise is about -x0, so stage 2 can carry the source
     # through directly (docs/nano.md, "Edits"); "epsilon" is SDXL's own
     vit_box_weight: float = 0.0  # > 0: ViT tokens also read out their object's box (vit.py)
-    vit_box_global: bool = False  # ... on the global view only (tiles: no box target)
     detok_prediction: str = "v_prediction"
     detok2_identity: float = 0.15  # share of stage-2 batches that are "no features -> the source"
     detok2_conv_in_lr: float = 10.0  # lr multiplier of conv_in, whose source channels start at 0

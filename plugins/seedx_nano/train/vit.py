@@ -150,10 +150,6 @@ def stage_vit(run: Run) -> dict:
     n_from_extra = b // 4 if n_extra else 0
     w_box = plan.vit_box_weight
     boxes = scene_boxes(run, "train") if w_box > 0 else None
-    if boxes is not None and plan.vit_box_global:
-        # tiles' boxes are in the tile's own coordinates, which no answer uses: only the
-        # global view's tokens (the whole picture, squeezed) learn to say where
-        boxes = torch.where(train["is_global"].view(-1, 1, 1), boxes, torch.full_like(boxes, -1))
 
     def step_fn(step: int, g: torch.Generator) -> dict:
         idx = torch.randint(0, n_scene, (b - n_from_extra,), generator=g)

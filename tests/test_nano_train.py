@@ -391,3 +391,15 @@ def test_the_vit_box_read_out_trains_only_when_asked(tmp_path):
     status, log = train("--out", str(plain), "--smoke", "--stages", "vit", "--no-export")
     assert status == 0, log
     assert "cell_box_bins" not in json.loads((plain / "stages" / "vit" / "done.json").read_text())["probe_heldout"]
+
+
+def test_a_vit_checkpoint_resumes_only_under_its_own_box_weight(tmp_path):
+    status, log = train("--out", str(tmp_path), "--smoke", "--stages", "data,vit", "--no-export",
+                        "--interrupt-after", "vit=1")
+    assert status == 130, log
+    assert (tmp_path / "stages" / "vit" / "ckpt.pt").is_file()
+    with pytest.raises(CheckpointError, match="box_weight"):
+        train("--out", str(tmp_path), "--smoke", "--stages", "vit", "--no-export",
+              "--vit-box-weight", "1")
+    status, log = train("--out", str(tmp_path), "--smoke", "--stages", "vit", "--no-export")
+    assert status == 0, log

@@ -136,8 +136,9 @@ def scene_boxes(run: Run, split: str) -> torch.Tensor:
     cfg = run.config()
     boxes = [torch.from_numpy(item[3]) for i in range(n)
              for item in anyres_views_with_labels(render_scene(split, base + i), cfg, boxes=True)]
-    save_torch(dict(box=torch.stack(boxes).half()), path)
-    return load_data(path)["box"]
+    box = torch.stack(boxes).half()
+    save_torch(dict(box=box), path)
+    return box
 
 
 def example_record(ex, tok, cfg: SeedXConfig) -> dict:

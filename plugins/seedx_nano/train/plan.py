@@ -41,10 +41,10 @@ class Plan:
     loc_sigma: float = 0.0
     loc_ordered_init: bool = False
     p_uncond: float = 0.1          # classifier-free dropout of the de-tokenizer conditioning
+    vit_box_weight: float = 0.0  # > 0: ViT tokens also read out their object's box (vit.py)
     # what the de-tokenizer's UNet predicts (the exported scheduler's prediction_type): with
     # "v_prediction" the output at high noise is about -x0, so stage 2 can carry the source
     # through directly (docs/nano.md, "Edits"); "epsilon" is SDXL's own
-    vit_box_weight: float = 0.0  # > 0: ViT tokens also read out their object's box (vit.py)
     detok_prediction: str = "v_prediction"
     detok2_identity: float = 0.15  # share of stage-2 batches that are "no features -> the source"
     detok2_conv_in_lr: float = 10.0  # lr multiplier of conv_in, whose source channels start at 0

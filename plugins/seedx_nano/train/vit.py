@@ -145,10 +145,10 @@ def stage_vit(run: Run) -> dict:
     n_scene, n_extra = train["views"].shape[0], extra.shape[0]
     vit = build_vit(cfg, plan.seed)
     torch.manual_seed(plan.seed + 100)
-    heads = ViTHeads(cfg.vit["output_dim"], boxes=plan.vit_box_weight > 0)
+    w_box = plan.vit_box_weight
+    heads = ViTHeads(cfg.vit["output_dim"], boxes=w_box > 0)
     b = plan.batch["vit"]
     n_from_extra = b // 4 if n_extra else 0
-    w_box = plan.vit_box_weight
     boxes = scene_boxes(run, "train") if w_box > 0 else None
 
     def step_fn(step: int, g: torch.Generator) -> dict:
@@ -168,7 +168,9 @@ def stage_vit(run: Run) -> dict:
         return dict(loss=total, **{k: v.item() for k, v in losses.items()})
 
     params = list(vit.parameters()) + list(heads.parameters())
-    result = train_loop(run, "vit", dict(vit=vit, heads=heads), params, step_fn, items_per_step=b)
+    result = train_loop(run, "vit", dict(vit=vit, heads=heads), params, step_fn, items_per_step=b,
+                        definition=dict(box_weight=float(w_box)),
+                        earlier_definition=dict(box_weight=0.0))
     evald = load_data(run.data_dir / "scenes_eval.pt")
     eval_boxes = scene_boxes(run, "eval") if w_box > 0 else None
     result["probe_heldout"] = vit_probe(vit, heads, evald, box=eval_boxes)

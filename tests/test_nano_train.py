@@ -328,6 +328,15 @@ def test_the_export_says_what_the_unet_predicts(smoke_run):
         "prediction_type": "v_prediction", "identity": 0.15, "conv_in_lr": 10.0}
 
 
+def test_stage_2s_conv_in_learns_at_its_own_multiple_of_the_rate(smoke_run):
+    out, _ = smoke_run
+    groups = load_checkpoint(out / "stages" / "detok2" / "ckpt.pt")["optimizer"]["param_groups"]
+    rest, conv_in = groups
+    assert len(conv_in["params"]) == 2  # conv_in's weight and bias, nothing else
+    assert conv_in["lr_mult"] == 10.0 and "lr_mult" not in rest
+    assert conv_in["lr"] == pytest.approx(10.0 * rest["lr"])
+
+
 def test_stage_2_refuses_a_stage_1_that_predicts_something_else(smoke_run, tmp_path):
     src, _ = smoke_run
     out = tmp_path / "run"
